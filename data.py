@@ -1,0 +1,498 @@
+"""
+data.py -- CMU-MOSI / CMU-MOSEI precomputed features, and a synthetic stand-in.
+
+Researchers bring the feature pickles everybody in the field uses:
+  * MMSA (github.com/thuiar/MMSA): MOSI/Processed/aligned_50.pkl, unaligned_50.pkl
+    {split: {"text" (N,50,768), "text_bert" (N,3,50), "audio" (N,L_a,d_a),
+             "vision" (N,L_v,d_v), "audio_lengths", "vision_lengths",
+             "regression_labels" (N,), "id" (N,), ...}}
+  * MulT (github.com/yaohungt/Multimodal-Transformer): mosi_data.pkl, *_noalign.pkl
+    {split: {"text" (N,50,300), "audio", "vision", "labels" (N,1,1), "id" (N,3)}}
+The schema is detected from the keys. Every width and length is read from
+the file, never assumed. `load_dataset` turns either into three torch
+Datasets whose items are dicts of text/audio/vision (L, d) float32, boolean
+*_mask (L,) with True = real frame, label (float) and id (str).
+
+Clean-up (see shared/docs/DATA.md): non-finite values become 0 (MOSEI audio
+holds -inf), then each modality is standardised per feature with statistics
+of the *train* split's real frames only; valid/test use the same numbers.
+
+No download is needed to try anything: `load_dataset("synthetic")` builds a
+seeded dataset with MOSI's split sizes and widths whose labels follow a
+story in which each modality carries part of the sentiment and one part is
+only recoverable by combining text and audio (see `make_synthetic`).
+
+    python data.py --summary --dataset mosi          # check your files
+    python data.py --write-synthetic synth.pkl       # an MMSA-schema example
+"""
+import argparse
+import os
+import pickle
+import sys
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+SPLITS = ("train", "valid", "test")
+MODALITIES = ("text", "audio", "vision")
+CHUNK = 512       # samples per chunk in clean-up: no temporary the size of a whole split
+MIN_STD = 1e-6    # features that are constant on train are left unscaled (std -> 1)
+
+# Where `--dataset mosi|mosei` looks inside --data-dir, in order: MMSA's layout
+# first (the most used today), then MulT's file names.
+DEFAULT_FILES = {
+    ("mosi", False): ["MOSI/Processed/aligned_50.pkl", "mosi_data.pkl"],
+    ("mosi", True): ["MOSI/Processed/unaligned_50.pkl", "mosi_data_noalign.pkl"],
+    ("mosei", False): ["MOSEI/Processed/aligned_50.pkl", "mosei_senti_data.pkl"],
+    ("mosei", True): ["MOSEI/Processed/unaligned_50.pkl", "mosei_senti_data_noalign.pkl"],
+}
+
+
+class DataError(ValueError):
+    """A data file that is not what the loader expects; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------
+# Reading a pickle and checking its schema
+
+def read_pickle(path, what="feature file"):
+    """Unpickle `path`, turning every way that can fail into a DataError."""
+    if not os.path.isfile(path):
+        raise DataError(f"{what} not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as e:
+        raise DataError(f"{path} is not a readable pickle ({type(e).__name__}: {e}); "
+                        f"expected a dict with 'train', 'valid' and 'test' as written by MMSA or MulT")
+    if not isinstance(raw, dict) or not all(s in raw for s in SPLITS):
+        found = sorted(raw.keys()) if isinstance(raw, dict) else type(raw).__name__
+        raise DataError(f"{path}: expected a dict with splits {list(SPLITS)}, found {found}")
+    return raw
+
+
+def default_path(name, data_dir, unaligned):
+    """The first existing default file of `name` under data_dir, or a DataError saying where we looked."""
+    candidates = [os.path.join(data_dir, f) for f in DEFAULT_FILES[(name, unaligned)]]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    kind = "unaligned_50.pkl" if unaligned else "aligned_50.pkl"
+    raise DataError(
+        f"no {name.upper()} features found; looked for: {', '.join(candidates)}. "
+        f"Download {name.upper()}/Processed/{kind} from the MMSA project (github.com/thuiar/MMSA, "
+        f"dataset links in its README) and put it under {data_dir}/ (or pass --data-dir DIR or "
+        f"--data-path FILE). `--dataset synthetic` runs without any download.")
+
+
+def detect_schema(split, where):
+    """'mmsa' if the split has regression_labels, 'mult' if it has labels."""
+    if "regression_labels" in split:
+        return "mmsa"
+    if "labels" in split:
+        return "mult"
+    raise DataError(f"{where}: no label key; expected 'regression_labels' (MMSA schema) or "
+                    f"'labels' (MulT schema), found keys {sorted(split)}")
+
+
+def _features(split, key, where):
+    """split[key] as float32 (N, L, d), dropping the original so only one copy is alive."""
+    if key not in split:
+        raise DataError(f"{where}: missing key '{key}'; found keys {sorted(split)}")
+    x = np.asarray(split.pop(key))
+    if x.ndim != 3:
+        raise DataError(f"{where}: '{key}' has shape {x.shape}; expected 3-D (N, length, features)")
+    return x.astype(np.float32, copy=False)   # one cast, no copy when already float32
+
+
+def _chunks(n):
+    for start in range(0, n, CHUNK):
+        yield slice(start, min(start + CHUNK, n))
+
+
+def zero_rows_mask(x):
+    """(N, L, d) -> (N, L) bool: frames with any non-zero value. Position-agnostic on
+    purpose: MulT's unaligned files are left-padded (zeros first)."""
+    mask = np.empty(x.shape[:2], dtype=bool)
+    for sl in _chunks(len(x)):
+        mask[sl] = (x[sl] != 0).any(-1)
+    return mask
+
+
+def lengths_mask(lengths, length, where):
+    """(N,) valid-frame counts -> (N, L) bool; MMSA pads after the real frames."""
+    lengths = np.asarray(lengths).astype(np.int64).reshape(-1)
+    if lengths.min(initial=0) < 0 or lengths.max(initial=0) > length:
+        raise DataError(f"{where}: lengths range {lengths.min()}..{lengths.max()}, "
+                        f"expected 0..{length} (the padded length)")
+    return np.arange(length)[None, :] < lengths[:, None]
+
+
+def text_mask_of(split, text, where):
+    """Text padding mask: BERT's attention mask (text_bert row 1) if present, else non-zero rows."""
+    if "text_bert" in split:
+        bert = np.asarray(split["text_bert"])
+        if bert.ndim != 3 or bert.shape[0] != len(text) or bert.shape[1] < 2 or bert.shape[2] != text.shape[1]:
+            raise DataError(f"{where}: 'text_bert' has shape {bert.shape}; expected "
+                            f"({len(text)}, 3, {text.shape[1]}) (token ids, attention mask, segment ids)")
+        return bert[:, 1, :] > 0
+    return zero_rows_mask(text)
+
+
+def clean_nonfinite(x):
+    """Replace NaN/+-inf with 0 in place, chunk by chunk; returns how many there were."""
+    count = 0
+    for sl in _chunks(len(x)):
+        bad = ~np.isfinite(x[sl])
+        n_bad = int(bad.sum())
+        if n_bad:
+            x[sl][bad] = 0.0
+            count += n_bad
+    return count
+
+
+def convert_split(raw, name, source):
+    """One split of a raw pickle -> dict of float32 features, bool masks, labels, ids.
+
+    Pops the split out of `raw` and each array out of the split as it is
+    converted: MOSEI unaligned is ~13.6 GB and must fit twice-over-less in 24 GB.
+    """
+    where = f"{source} [{name}]"
+    split = raw.pop(name)
+    if not isinstance(split, dict):
+        raise DataError(f"{where}: expected a dict of arrays, found {type(split).__name__}")
+    schema = detect_schema(split, where)
+    out = {"nonfinite": {}}
+    for key in MODALITIES:
+        out[key] = _features(split, key, where)
+        out["nonfinite"][key] = clean_nonfinite(out[key])
+
+    n = len(out["text"])
+    labels = np.asarray(split.pop("regression_labels" if schema == "mmsa" else "labels"), dtype=np.float32)
+    labels = labels.reshape(len(labels), -1)[:, 0] if labels.ndim > 1 else labels   # MulT: (N, 1, 1)
+    sizes = {"text": n, "audio": len(out["audio"]), "vision": len(out["vision"]), "labels": len(labels)}
+    if len(set(sizes.values())) != 1:
+        raise DataError(f"{where}: sample counts differ across keys: {sizes}; expected one N for all")
+    if n == 0:
+        raise DataError(f"{where}: the split is empty (N = 0); expected at least one sample")
+    if not np.isfinite(labels).all():
+        raise DataError(f"{where}: {int((~np.isfinite(labels)).sum())} non-finite labels; expected finite values in [-3, 3]")
+    out["label"] = labels
+
+    out["id"] = ids_of(split, n, name)
+
+    # Masks. Aligned data (one length for all) follows the text mask; otherwise
+    # *_lengths when the file has them, else non-zero rows.
+    out["text_mask"] = text_mask_of(split, out["text"], where)
+    aligned = out["text"].shape[1] == out["audio"].shape[1] == out["vision"].shape[1]
+    for key in ("audio", "vision"):
+        if aligned:
+            out[f"{key}_mask"] = out["text_mask"].copy()
+        elif f"{key}_lengths" in split:
+            out[f"{key}_mask"] = lengths_mask(split[f"{key}_lengths"], out[key].shape[1], f"{where} '{key}_lengths'")
+        else:
+            out[f"{key}_mask"] = zero_rows_mask(out[key])
+    out["aligned"] = aligned
+    return out
+
+
+def _str(x):
+    return x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+
+
+def ids_of(split, n, name):
+    """Utterance ids as str: MMSA 'video$_$clip'; MulT (N, 3) bytes rows joined by '_'."""
+    if "id" not in split:
+        return np.array([f"{name}_{i}" for i in range(n)])
+    ids = np.asarray(split["id"])
+    if ids.ndim == 2:
+        return np.array(["_".join(_str(p) for p in row) for row in ids])
+    return np.array([_str(i) for i in ids])
+
+
+def swap_text(splits, path):
+    """Replace the text modality with the features of another text model (any width).
+
+    The file holds the same splits with a 'text' (N, L, d) array, optionally
+    'id' (checked against the main file) and 'text_bert' / 'text_lengths' for
+    the mask. This is how MIAR's claim of working across text models is tested.
+    """
+    raw = read_pickle(path, what="text-feature file")
+    for name in SPLITS:
+        where = f"{path} [{name}]"
+        split = raw.pop(name)
+        if not isinstance(split, dict):
+            raise DataError(f"{where}: expected a dict with 'text', found {type(split).__name__}")
+        text = _features(split, "text", where)
+        n = len(splits[name]["label"])
+        if len(text) != n:
+            raise DataError(f"{where}: 'text' has {len(text)} samples; the main file's {name} split has {n}. "
+                            f"The text-feature file must hold the same utterances in the same order")
+        if "id" in split:
+            ids = ids_of(split, n, name)
+            if not (ids == splits[name]["id"]).all():
+                first = int(np.argmax(ids != splits[name]["id"]))
+                raise DataError(f"{where}: ids differ from the main file's, first at index {first}: "
+                                f"{ids[first]!r} vs {splits[name]['id'][first]!r}; expected the same order")
+        splits[name]["nonfinite"]["text"] += clean_nonfinite(text)
+        if "text_lengths" in split:
+            mask = lengths_mask(split["text_lengths"], text.shape[1], f"{where} 'text_lengths'")
+        else:
+            mask = text_mask_of(split, text, where)
+        splits[name]["text"], splits[name]["text_mask"] = text, mask
+
+
+# ----------------------------------------------------------------------------
+# Standardisation with train statistics
+
+def fit_stats(split):
+    """Per-modality, per-feature mean and std over the real frames of one split (train)."""
+    stats = {}
+    for key in MODALITIES:
+        x, mask = split[key], split[f"{key}_mask"]
+        total = np.zeros(x.shape[-1]); total_sq = np.zeros(x.shape[-1]); count = 0
+        for sl in _chunks(len(x)):
+            frames = x[sl][mask[sl]].astype(np.float64)   # (frames, d)
+            total += frames.sum(0); total_sq += (frames ** 2).sum(0); count += len(frames)
+        mean = total / max(count, 1)
+        std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 0.0))
+        std[std < MIN_STD] = 1.0
+        stats[key] = {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+    return stats
+
+
+def standardise(split, stats, where):
+    """In place: (x - mean) / std on real frames; padding stays exactly 0."""
+    for key in MODALITIES:
+        x, mask = split[key], split[f"{key}_mask"]
+        mean, std = (np.asarray(stats[key][s], dtype=np.float32) for s in ("mean", "std"))
+        if mean.shape != (x.shape[-1],):
+            raise DataError(f"{where}: '{key}' has {x.shape[-1]} features but the normalisation "
+                            f"statistics have {mean.shape[0]}; the checkpoint was trained on other features")
+        for sl in _chunks(len(x)):
+            chunk = x[sl]
+            chunk -= mean
+            chunk /= std
+            chunk[~mask[sl]] = 0.0
+
+
+# ----------------------------------------------------------------------------
+# The torch Dataset
+
+class FeatureDataset(Dataset):
+    """One split: index with an int for one utterance or with a list of ints for a batch."""
+
+    def __init__(self, split, stats=None, source=""):
+        self.tensors = {k: torch.from_numpy(split[k]) for k in
+                        ("text", "audio", "vision", "text_mask", "audio_mask", "vision_mask", "label")}
+        self.ids = split["id"]
+        self.stats = stats          # the train statistics applied (None: not standardised)
+        self.aligned = split["aligned"]
+        self.source = source
+        self.dims = {k: self.tensors[k].shape[-1] for k in MODALITIES}
+        self.lengths = {k: self.tensors[k].shape[1] for k in MODALITIES}
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        item = {k: v[index] for k, v in self.tensors.items()}
+        item["id"] = self.ids[index].tolist() if not isinstance(index, int) else str(self.ids[index])
+        return item
+
+
+def load_dataset(name="synthetic", data_path=None, data_dir="data", unaligned=False,
+                 text_features=None, normalize=True, stats=None, synthetic_size="mosi",
+                 synthetic_seed=0, verbose=True):
+    """{'train', 'valid', 'test'} FeatureDatasets from a named dataset or a pickle path.
+
+    name: 'mosi' | 'mosei' (default files under data_dir) | 'synthetic' (built in).
+    data_path: an explicit MMSA/MulT pickle; always wins over name.
+    text_features: a pickle with the same splits holding another text model's 'text'.
+    normalize: standardise with train statistics (False: the ablation).
+    stats: statistics to apply instead of fitting them (evaluation of a checkpoint).
+    """
+    if data_path is not None:
+        source = data_path
+        raw = read_pickle(data_path)
+    elif name == "synthetic":
+        source = f"synthetic ({synthetic_size}{', unaligned' if unaligned else ''}, seed {synthetic_seed})"
+        raw = make_synthetic(synthetic_size, unaligned, synthetic_seed)
+    elif (name, unaligned) in DEFAULT_FILES:
+        source = default_path(name, data_dir, unaligned)
+        raw = read_pickle(source)
+    else:
+        raise DataError(f"unknown dataset {name!r}; expected 'mosi', 'mosei' or 'synthetic' (or a --data-path)")
+
+    splits = {name_: convert_split(raw, name_, source) for name_ in SPLITS}
+    del raw
+    if text_features is not None:
+        swap_text(splits, text_features)
+    bad = {k: sum(s["nonfinite"][k] for s in splits.values()) for k in MODALITIES}
+    if verbose and any(bad.values()):
+        print(f"data: replaced non-finite values with 0: " +
+              ", ".join(f"{k} {v}" for k, v in bad.items() if v))
+    if normalize:
+        stats = stats if stats is not None else fit_stats(splits["train"])
+        for name_, split in splits.items():
+            standardise(split, stats, f"{source} [{name_}]")
+    else:
+        stats = None
+    return {name_: FeatureDataset(split, stats, source) for name_, split in splits.items()}
+
+
+# ----------------------------------------------------------------------------
+# Synthetic data: a story with real cross-modal structure
+#
+# Each utterance gets a sentiment y drawn from the real CMU-MOSI label
+# distribution, and each modality tells part of it:
+#   text   -- a few "sentiment words" carry the *apparent* polarity along one
+#             direction of a 768-d BERT-like space; the rest is noise.
+#   audio  -- loudness over all frames grows with |y| (weak per frame: evidence
+#             that must be pooled over time); a SARCASM_RATE share of
+#             utterances are sarcastic: their words say the opposite of y,
+#             and a single-frame pitch burst is the only trace of it.
+#   vision -- on a random share of frames a smile/frown unit moves with sign(y)
+#             (spread-out, weak evidence of the polarity).
+# So the sign of a sarcastic utterance is only recoverable by combining text
+# with audio ("text says X unless the tone says otherwise"), the magnitude
+# needs audio pooled over time, and vision adds an independent polarity cue.
+# Raw feature scales differ by orders of magnitude across and within the
+# modalities (like COVAREP and Facet), so standardisation matters.
+
+# Counts of the real CMU-MOSI labels (all 2199 utterances of the standard split,
+# shared/data/mosi_labels.npz) rounded to the 0.2 grid -3.0, -2.8, ..., 3.0.
+MOSI_LABEL_COUNTS = [12, 32, 36, 42, 63, 103, 76, 101, 81, 79, 110, 76, 58, 89, 65, 96,
+                     73, 80, 65, 81, 62, 75, 96, 93, 98, 120, 96, 56, 44, 29, 12]
+LABEL_GRID = np.round(np.linspace(-3, 3, len(MOSI_LABEL_COUNTS)), 1)
+SYNTHETIC_SIZES = {   # split sizes, widths, unaligned lengths of the real datasets
+    "mosi": dict(n=(1284, 229, 686), dims=(768, 5, 20), unaligned=(375, 500)),
+    "mosei": dict(n=(16326, 1871, 4659), dims=(768, 74, 35), unaligned=(500, 500)),
+    "tiny": dict(n=(96, 48, 48), dims=(32, 5, 20), unaligned=(75, 100)),   # tests, quick demos
+}
+TEXT_LEN = 50            # MMSA's padded token length
+MIN_WORDS = 10           # shortest utterance, in tokens
+SENTIMENT_WORDS = 3      # words that carry the apparent polarity
+TEXT_NOISE = 0.5         # std of BERT-like background features
+TEXT_SIGNAL = 1.5        # sentiment-word shift per unit of apparent polarity / 3
+SARCASM_RATE = 0.2       # share of non-neutral utterances whose words lie
+PITCH_BURST = 4.0        # size (in noise stds) of the one-frame sarcasm cue, audio features 0 and 1
+LOUDNESS = 1.0           # per-frame loudness shift at |y| = 3, audio feature 2 (noise std 1)
+EXPRESSIVE_RATE = 0.4    # share of frames with a visible expression
+SMILE = 0.8              # per-frame smile/frown shift, vision feature 0 (noise std 1)
+NONFINITE_RATE = 0.002   # -inf entries in audio feature 3, as in MOSEI's COVAREP
+
+
+def _raw_scales(d, low, high):
+    """Per-feature (scale, offset): scales spread log-uniformly over [10^low, 10^high]."""
+    scale = np.logspace(low, high, d).astype(np.float32)
+    return scale, (3 * scale).astype(np.float32)
+
+
+def _synthetic_split(n, dims, lengths, rng, direction, split_name):
+    d_t, d_a, d_v = dims
+    len_a, len_v = lengths
+    y = rng.choice(LABEL_GRID, size=n, p=np.array(MOSI_LABEL_COUNTS) / sum(MOSI_LABEL_COUNTS)).astype(np.float32)
+    words = rng.integers(MIN_WORDS, TEXT_LEN + 1, size=n)             # real tokens per utterance
+    sarcastic = (rng.random(n) < SARCASM_RATE) & (y != 0)
+    apparent = np.where(sarcastic, -y, y)
+    rows = np.arange(n)
+
+    # text: BERT-like noise everywhere (BERT gives non-zero vectors at padding
+    # too, so the mask must come from text_bert, as in MMSA's files)
+    text = rng.standard_normal((n, TEXT_LEN, d_t), dtype=np.float32) * TEXT_NOISE
+    for _ in range(SENTIMENT_WORDS):
+        pos = (rng.random(n) * words).astype(int)
+        text[rows, pos] += (TEXT_SIGNAL * apparent / 3)[:, None] * direction
+    text_mask = np.arange(TEXT_LEN)[None] < words[:, None]
+
+    # audio / vision frames: word-aligned (same length as text) or at their own rate
+    n_a = np.ceil(words * len_a / TEXT_LEN).astype(int)
+    n_v = np.ceil(words * len_v / TEXT_LEN).astype(int)
+    audio = rng.standard_normal((n, len_a, d_a), dtype=np.float32)
+    audio[:, :, 2] += (LOUDNESS * np.abs(y) / 3)[:, None]
+    burst = (rng.random(n) * n_a).astype(int)
+    audio[rows[sarcastic], burst[sarcastic], :2] += PITCH_BURST
+    vision = rng.standard_normal((n, len_v, d_v), dtype=np.float32)
+    expressive = rng.random((n, len_v)) < EXPRESSIVE_RATE
+    vision[:, :, 0] += expressive * (SMILE * np.sign(y))[:, None]
+
+    for x, lo, hi in ((audio, -2, 2), (vision, -1, 3)):   # COVAREP / Facet-like raw units
+        scale, offset = _raw_scales(x.shape[-1], lo, hi)
+        x *= scale
+        x += offset
+    audio[:, :, 3][rng.random((n, len_a)) < NONFINITE_RATE] = -np.inf
+    audio[np.arange(len_a)[None] >= n_a[:, None]] = 0.0     # zero padding after the real frames
+    vision[np.arange(len_v)[None] >= n_v[:, None]] = 0.0
+
+    cls = np.sign(y).astype(np.int64) + 1
+    return {
+        "id": np.array([f"{split_name}{i // 4:04d}$_${i % 4}" for i in range(n)]),
+        "raw_text": np.array(["<synthetic utterance>"] * n),
+        "text": text,
+        "text_bert": np.stack([np.zeros_like(text_mask, dtype=np.float32), text_mask.astype(np.float32),
+                               np.zeros_like(text_mask, dtype=np.float32)], axis=1),
+        "audio": audio, "vision": vision,
+        "audio_lengths": n_a.tolist(), "vision_lengths": n_v.tolist(),
+        "regression_labels": y,
+        "classification_labels": cls,
+        "annotations": np.array(["Negative", "Neutral", "Positive"])[cls],
+        "sarcastic": sarcastic,   # not in MMSA's files: the story's hidden variable, for notebooks
+    }
+
+
+def make_synthetic(size="mosi", unaligned=False, seed=0):
+    """A seeded MMSA-schema dict {train, valid, test} following the story above."""
+    if size not in SYNTHETIC_SIZES:
+        raise DataError(f"unknown synthetic size {size!r}; expected one of {sorted(SYNTHETIC_SIZES)}")
+    spec = SYNTHETIC_SIZES[size]
+    lengths = spec["unaligned"] if unaligned else (TEXT_LEN, TEXT_LEN)
+    direction = np.random.default_rng(seed).standard_normal(spec["dims"][0]).astype(np.float32)
+    direction /= np.linalg.norm(direction) / np.sqrt(TEXT_NOISE * 2)   # a shift that stands out of the noise
+    return {name: _synthetic_split(n, spec["dims"], lengths, np.random.default_rng([seed, i]), direction, name)
+            for i, (name, n) in enumerate(zip(SPLITS, spec["n"]))}
+
+
+# ----------------------------------------------------------------------------
+# Command line: write the synthetic data as a pickle, or summarise a dataset
+
+def summarise(datasets):
+    for name, ds in datasets.items():
+        t = ds.tensors
+        frames = ", ".join(f"{k} {tuple(t[k].shape[1:])} real {t[k + '_mask'].float().mean():.0%}" for k in MODALITIES)
+        print(f"{name:5s} N={len(ds):6d}  {frames}  label mean {t['label'].mean():+.2f} std {t['label'].std():.2f}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Load/inspect MOSI/MOSEI feature pickles; write the synthetic dataset.")
+    p.add_argument("--write-synthetic", metavar="PATH", help="write the synthetic dataset as an MMSA-schema pickle")
+    p.add_argument("--summary", action="store_true", help="load a dataset and print its splits")
+    p.add_argument("--dataset", default="synthetic", choices=["mosi", "mosei", "synthetic"])
+    p.add_argument("--data-path", help="explicit MMSA or MulT pickle (wins over --dataset)")
+    p.add_argument("--data-dir", default="data", help="where --dataset mosi|mosei looks (default: data)")
+    p.add_argument("--unaligned", action="store_true", help="unaligned_50.pkl / unaligned synthetic lengths")
+    p.add_argument("--size", default="mosi", choices=sorted(SYNTHETIC_SIZES), help="synthetic split sizes and widths")
+    p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    args = p.parse_args(argv)
+    if not (args.write_synthetic or args.summary):
+        p.error("nothing to do: pass --write-synthetic PATH and/or --summary")
+    try:
+        if args.write_synthetic:
+            raw = make_synthetic(args.size, args.unaligned, args.seed)
+            for split in raw.values():
+                split.pop("sarcastic")     # keep the file exactly in MMSA's schema
+            with open(args.write_synthetic, "wb") as f:
+                pickle.dump(raw, f, protocol=4)
+            print(f"wrote {args.write_synthetic} ({os.path.getsize(args.write_synthetic) / 2**20:.0f} MiB)")
+        if args.summary:
+            summarise(load_dataset(args.dataset, args.data_path, args.data_dir, args.unaligned,
+                                   synthetic_size=args.size, synthetic_seed=args.seed))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

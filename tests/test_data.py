@@ -1,0 +1,275 @@
+"""data.py: both pickle schemas, masks, clean-up, text swap, synthetic data, every bad input."""
+import pickle
+
+import numpy as np
+import pytest
+
+import data
+from data import DataError, load_dataset
+
+SIZES = {"train": 6, "valid": 3, "test": 4}
+
+
+def mmsa_split(n, rng, len_t=8, len_a=8, len_v=8, d_t=12, lengths=True, pad_words=None):
+    """A tiny MMSA split: real frames first, zero padding after (BERT text is non-zero at padding)."""
+    words = pad_words if pad_words is not None else rng.integers(2, len_t + 1, n)
+    n_a = np.ceil(words * len_a / len_t).astype(int)
+    n_v = np.ceil(words * len_v / len_t).astype(int)
+    audio = rng.normal(5.0, 2.0, (n, len_a, 3)) * (np.arange(len_a)[None, :, None] < n_a[:, None, None])
+    vision = rng.normal(-1.0, 9.0, (n, len_v, 4)).astype(np.float32) * (np.arange(len_v)[None, :, None] < n_v[:, None, None])
+    text_mask = np.arange(len_t)[None] < words[:, None]
+    split = {
+        "text": rng.normal(0, 1, (n, len_t, d_t)).astype(np.float32),
+        "text_bert": np.stack([np.zeros((n, len_t)), text_mask, np.zeros((n, len_t))], 1),
+        "audio": audio,                                  # float64 on purpose, as MOSEI's
+        "vision": vision,
+        "regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
+        "id": np.array([f"vid{i}$_$1" for i in range(n)]),
+    }
+    if lengths:
+        split["audio_lengths"], split["vision_lengths"] = list(n_a), n_v
+    return split
+
+
+def mmsa_pickle(tmp_path, unaligned=False, lengths=True, name="mmsa.pkl", seed=0, **kw):
+    rng = np.random.default_rng(seed)
+    lens = dict(len_a=20, len_v=15) if unaligned else {}
+    raw = {s: mmsa_split(n, rng, lengths=lengths, **lens, **kw) for s, n in SIZES.items()}
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps(raw))
+    return path, raw
+
+
+def mult_pickle(tmp_path, unaligned=False):
+    """A tiny MulT split: no lengths, GloVe text; unaligned files are LEFT-padded."""
+    rng = np.random.default_rng(1)
+    raw = {}
+    for s, n in SIZES.items():
+        len_t, len_a = 8, (20 if unaligned else 8)
+        real_t = rng.integers(2, len_t + 1, n)
+        real_a = np.ceil(real_t * len_a / len_t).astype(int)
+        mask_t = np.arange(len_t)[None] >= (len_t - real_t)[:, None]     # left padding
+        mask_a = np.arange(len_a)[None] >= (len_a - real_a)[:, None]
+        raw[s] = {
+            "text": rng.normal(0, 1, (n, len_t, 6)) * mask_t[..., None],
+            "audio": rng.normal(0, 1, (n, len_a, 3)) * mask_a[..., None],
+            "vision": rng.normal(0, 1, (n, len_a, 4)) * mask_a[..., None],
+            "labels": rng.uniform(-3, 3, (n, 1, 1)),
+            "id": np.array([[f"v{i}".encode(), b"0", b"1"] for i in range(n)]),
+        }
+        raw[s]["audio"][0, -1, 0] = np.nan     # a real frame (left padding: the last one is real)
+        raw[s]["vision"][1, -1, 1] = -np.inf
+    path = tmp_path / "mult.pkl"
+    path.write_bytes(pickle.dumps(raw))
+    return path, raw, len_t
+
+
+def test_mmsa_aligned_items_have_documented_keys_shapes_and_dtypes(tmp_path):
+    path, raw = mmsa_pickle(tmp_path)
+    ds = load_dataset(data_path=str(path))
+    assert set(ds) == {"train", "valid", "test"}
+    assert [len(ds[s]) for s in ("train", "valid", "test")] == [6, 3, 4]
+    item = ds["train"][0]
+    assert set(item) == {"text", "audio", "vision", "text_mask", "audio_mask", "vision_mask", "label", "id"}
+    assert item["text"].shape == (8, 12) and item["audio"].shape == (8, 3) and item["vision"].shape == (8, 4)
+    assert item["audio"].dtype == item["text"].dtype == data.torch.float32
+    assert item["text_mask"].dtype == data.torch.bool and isinstance(item["id"], str)
+    assert item["id"] == "vid0$_$1"
+    assert np.isclose(float(item["label"]), raw["train"]["regression_labels"][0])
+    batch = ds["train"][[0, 2, 3]]
+    assert batch["text"].shape == (3, 8, 12) and batch["id"] == ["vid0$_$1", "vid2$_$1", "vid3$_$1"]
+
+
+def test_aligned_masks_come_from_text_bert_and_audio_vision_follow(tmp_path):
+    path, raw = mmsa_pickle(tmp_path)
+    expected = raw["train"]["text_bert"][:, 1] > 0      # raw is modified by nothing: we read the file
+    ds = load_dataset(data_path=str(path))["train"]
+    assert np.array_equal(ds.tensors["text_mask"].numpy(), expected)
+    assert np.array_equal(ds.tensors["audio_mask"].numpy(), expected)
+    assert np.array_equal(ds.tensors["vision_mask"].numpy(), expected)
+
+
+def test_unaligned_masks_come_from_lengths(tmp_path):
+    path, raw = mmsa_pickle(tmp_path, unaligned=True)
+    ds = load_dataset(data_path=str(path))["valid"]
+    assert ds.tensors["audio"].shape[1:] == (20, 3) and not ds.aligned
+    lengths = np.asarray(raw["valid"]["audio_lengths"])
+    assert np.array_equal(ds.tensors["audio_mask"].sum(1).numpy(), lengths)
+    assert ds.tensors["audio_mask"][:, 0].all()          # MMSA pads at the end
+
+
+def test_unaligned_masks_without_lengths_come_from_nonzero_rows(tmp_path):
+    path, raw = mmsa_pickle(tmp_path, unaligned=True, lengths=False)
+    ds = load_dataset(data_path=str(path))["test"]
+    expected = (raw["test"]["vision"] != 0).any(-1)
+    assert np.array_equal(ds.tensors["vision_mask"].numpy(), expected)
+
+
+def test_mult_schema_left_padding_labels_ids_and_nonfinite(tmp_path, capsys):
+    path, raw, len_t = mult_pickle(tmp_path, unaligned=True)
+    ds = load_dataset(data_path=str(path))
+    assert "replaced non-finite values with 0: audio 3, vision 3" in capsys.readouterr().out
+    train = ds["train"]
+    mask = train.tensors["audio_mask"].numpy()
+    assert np.array_equal(mask, (np.nan_to_num(raw["train"]["audio"], nan=1.0) != 0).any(-1))
+    assert mask[:, -1].all() and not mask[:, 0].all()     # left-padded: the last frame is real
+    assert np.allclose(train.tensors["label"].numpy(), raw["train"]["labels"][:, 0, 0])
+    assert train.ids[0] == "v0_0_1"
+    for key in ("text", "audio", "vision"):
+        x = train.tensors[key]
+        assert np.isfinite(x.numpy()).all()
+        assert (x[~train.tensors[f"{key}_mask"]] == 0).all()   # padding stays exactly zero
+
+
+def test_standardisation_uses_train_real_frames_only(tmp_path):
+    path, raw = mmsa_pickle(tmp_path, unaligned=True)
+    ds = load_dataset(data_path=str(path))
+    tr = raw["train"]
+    real = np.arange(20)[None] < np.asarray(tr["audio_lengths"])[:, None]
+    frames = tr["audio"][real]
+    assert np.allclose(ds["train"].stats["audio"]["mean"], frames.mean(0), atol=1e-5)
+    assert np.allclose(ds["train"].stats["audio"]["std"], frames.std(0), atol=1e-5)
+    std_train = ds["train"].tensors["audio"][ds["train"].tensors["audio_mask"]]
+    assert np.allclose(std_train.mean(0).numpy(), 0, atol=1e-5)
+    assert np.allclose(std_train.std(0, unbiased=False).numpy(), 1, atol=1e-4)
+    # valid/test are transformed with the *train* numbers, not their own
+    va = raw["valid"]
+    real_va = np.arange(20)[None] < np.asarray(va["audio_lengths"])[:, None]
+    expected = (va["audio"][real_va] - frames.mean(0)) / frames.std(0)
+    got = ds["valid"].tensors["audio"][ds["valid"].tensors["audio_mask"]].numpy()
+    assert np.allclose(got, expected, atol=1e-4)
+    assert ds["valid"].stats is ds["train"].stats
+
+
+def test_normalize_false_keeps_raw_values(tmp_path):
+    path, raw = mmsa_pickle(tmp_path)
+    ds = load_dataset(data_path=str(path), normalize=False)
+    assert ds["train"].stats is None
+    assert np.allclose(ds["train"].tensors["vision"].numpy(), raw["train"]["vision"])
+
+
+def test_given_stats_are_applied_instead_of_fitted(tmp_path):
+    path, _ = mmsa_pickle(tmp_path)
+    fitted = load_dataset(data_path=str(path))
+    other = mmsa_pickle(tmp_path, name="other.pkl", seed=5)[0]
+    reused = load_dataset(data_path=str(other), stats=fitted["train"].stats)
+    assert reused["train"].stats is fitted["train"].stats
+
+
+def test_text_swap_replaces_text_of_any_width(tmp_path):
+    path, raw = mmsa_pickle(tmp_path)
+    rng = np.random.default_rng(3)
+    for width in (300, 1024):
+        swap = {s: {"text": rng.normal(0, 1, (n, 8, width)), "id": raw[s]["id"],
+                    "text_lengths": np.full(n, 5)} for s, n in SIZES.items()}
+        swap_path = tmp_path / f"text{width}.pkl"
+        swap_path.write_bytes(pickle.dumps(swap))
+        ds = load_dataset(data_path=str(path), text_features=str(swap_path))
+        assert ds["test"].dims == {"text": width, "audio": 3, "vision": 4}
+        assert (ds["test"].tensors["text_mask"].sum(1) == 5).all()
+        assert ds["train"].stats["text"]["mean"].shape == (width,)
+
+
+def test_text_swap_with_wrong_count_or_ids_says_so(tmp_path):
+    path, raw = mmsa_pickle(tmp_path)
+    short = {s: {"text": np.ones((n - 1, 8, 30))} for s, n in SIZES.items()}
+    (tmp_path / "short.pkl").write_bytes(pickle.dumps(short))
+    with pytest.raises(DataError, match=r"'text' has 5 samples; the main file's train split has 6"):
+        load_dataset(data_path=str(path), text_features=str(tmp_path / "short.pkl"))
+    shuffled = {s: {"text": np.ones((n, 8, 30)), "id": raw[s]["id"][::-1]} for s, n in SIZES.items()}
+    (tmp_path / "shuf.pkl").write_bytes(pickle.dumps(shuffled))
+    with pytest.raises(DataError, match=r"ids differ from the main file's, first at index 0"):
+        load_dataset(data_path=str(path), text_features=str(tmp_path / "shuf.pkl"))
+
+
+def test_named_dataset_resolves_default_layout_and_explicit_path_wins(tmp_path):
+    (tmp_path / "MOSI" / "Processed").mkdir(parents=True)
+    path, _ = mmsa_pickle(tmp_path / "MOSI" / "Processed", name="aligned_50.pkl")
+    assert load_dataset("mosi", data_dir=str(tmp_path))["train"].source == str(path)
+    other, _ = mmsa_pickle(tmp_path, name="elsewhere.pkl")
+    assert load_dataset("mosi", data_path=str(other), data_dir=str(tmp_path))["train"].source == str(other)
+
+
+def test_missing_file_says_where_it_looked_and_what_to_do(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_dataset("mosei", data_dir=str(tmp_path), unaligned=True)
+    msg = str(e.value)
+    assert "MOSEI/Processed/unaligned_50.pkl" in msg and "mosei_senti_data_noalign.pkl" in msg
+    assert "MMSA" in msg and "--dataset synthetic" in msg
+
+
+def test_not_a_pickle_is_reported(tmp_path):
+    (tmp_path / "x.pkl").write_text("hello")
+    with pytest.raises(DataError, match="is not a readable pickle"):
+        load_dataset(data_path=str(tmp_path / "x.pkl"))
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(DataError, match=r"expected a dict with splits \['train', 'valid', 'test'\], found list"):
+        load_dataset(data_path=str(tmp_path / "list.pkl"))
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda r: r.pop("valid"), r"expected a dict with splits .* found \['test', 'train'\]"),
+    (lambda r: r["train"].pop("vision"), r"\[train\]: missing key 'vision'"),
+    (lambda r: r["test"].pop("regression_labels"), r"\[test\]: no label key; expected 'regression_labels'"),
+    (lambda r: r["train"].update(audio=np.zeros((6, 8))), r"\[train\]: 'audio' has shape \(6, 8\); expected 3-D"),
+    (lambda r: r["valid"].update(vision=np.zeros((2, 8, 4))), r"\[valid\]: sample counts differ.*'vision': 2"),
+    (lambda r: r["train"]["regression_labels"].__setitem__(1, np.nan), r"\[train\]: 1 non-finite labels"),
+    (lambda r: r.update(test={k: v[:0] for k, v in r["test"].items()}), r"\[test\]: the split is empty"),
+])
+def test_bad_file_content_gets_a_clear_message(tmp_path, breakage, message):
+    rng = np.random.default_rng(0)
+    raw = {s: mmsa_split(n, rng) for s, n in SIZES.items()}
+    breakage(raw)
+    (tmp_path / "bad.pkl").write_bytes(pickle.dumps(raw))
+    with pytest.raises(DataError, match=message):
+        load_dataset(data_path=str(tmp_path / "bad.pkl"))
+
+
+def test_lengths_longer_than_the_sequence_are_rejected(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = {s: mmsa_split(n, rng, len_a=20, len_v=15) for s, n in SIZES.items()}
+    raw["train"]["audio_lengths"] = [30] * 6
+    (tmp_path / "bad.pkl").write_bytes(pickle.dumps(raw))
+    with pytest.raises(DataError, match=r"lengths range 30..30, expected 0..20"):
+        load_dataset(data_path=str(tmp_path / "bad.pkl"))
+
+
+def test_synthetic_is_deterministic_and_seed_dependent():
+    a, b = data.make_synthetic("tiny", seed=3), data.make_synthetic("tiny", seed=3)
+    c = data.make_synthetic("tiny", seed=4)
+    for key in ("text", "audio", "vision", "regression_labels"):
+        assert np.array_equal(a["valid"][key], b["valid"][key])
+    assert not np.array_equal(a["valid"]["regression_labels"], c["valid"]["regression_labels"])
+
+
+def test_synthetic_has_mosi_sizes_widths_and_raw_scales_orders_apart():
+    ds = load_dataset("synthetic", normalize=False)
+    assert [len(ds[s]) for s in ("train", "valid", "test")] == [1284, 229, 686]
+    assert ds["train"].dims == {"text": 768, "audio": 5, "vision": 20}
+    vision = ds["train"].tensors["vision"][ds["train"].tensors["vision_mask"]]
+    spread = vision.std(0)
+    assert spread.max() / spread.min() > 100          # why normalisation matters
+    labels = ds["train"].tensors["label"].numpy()
+    assert labels.min() >= -3 and labels.max() <= 3 and (labels == 0).mean() > 0.01
+
+
+def test_synthetic_unaligned_uses_mosi_frame_rates():
+    ds = load_dataset("synthetic", unaligned=True)["test"]
+    assert ds.lengths == {"text": 50, "audio": 375, "vision": 500}
+
+
+def test_written_synthetic_pickle_loads_back_identically(tmp_path):
+    out = tmp_path / "s.pkl"
+    assert data.main(["--write-synthetic", str(out), "--size", "tiny", "--unaligned"]) == 0
+    raw = pickle.loads(out.read_bytes())
+    assert "text_bert" in raw["train"] and "sarcastic" not in raw["train"]
+    from_file = load_dataset(data_path=str(out), verbose=False)["valid"]
+    built_in = load_dataset("synthetic", synthetic_size="tiny", unaligned=True, verbose=False)["valid"]
+    for key, tensor in built_in.tensors.items():
+        assert data.torch.equal(tensor, from_file.tensors[key]), key
+
+
+def test_cli_prints_clear_error_instead_of_traceback(tmp_path, capsys):
+    assert data.main(["--summary", "--dataset", "mosi", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no MOSI features found") and "Traceback" not in err
