@@ -1,0 +1,159 @@
+"""train.py: the field's metrics by hand, and the CLI end to end on a tiny synthetic set."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from train import compute_metrics, main
+
+TINY = ["--dataset", "synthetic", "--synthetic-size", "tiny", "--d-model", "16", "--batch-size", "16"]
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_acc7_and_acc5_round_half_to_even():
+    m = compute_metrics([2.5, 0.5, -0.5, 1.5], [2.0, 0.0, 0.0, 2.0])
+    assert m["acc7"] == 1.0          # half away from zero would give 3, 1, -1, 2: 0.25
+    assert m["acc5"] == 1.0
+    m = compute_metrics([3.7, -2.6], [3.0, -3.0])   # clipping to [-3, 3] before rounding
+    assert m["acc7"] == 1.0 and m["acc5"] == 1.0
+
+
+def test_has0_and_non0_treat_neutral_labels_as_documented():
+    pred, label = [1.0, -1.0, 0.5, -0.2], [2.0, -1.0, 0.0, 0.0]
+    m = compute_metrics(pred, label)
+    assert m["acc2_has0"] == 0.75                    # label 0 counts as non-negative
+    assert m["acc2_non0"] == 1.0                     # label 0 is dropped
+    # class "non-negative": tp 2, fp 0, fn 1 -> F1 0.8 (support 3); "negative": tp 1, fp 1 -> 2/3 (support 1)
+    assert math.isclose(m["f1_has0"], (0.8 * 3 + 2 / 3) / 4)
+    assert m["f1_non0"] == 1.0
+    assert math.isclose(m["mae"], 1.7 / 4)
+    p, y = np.array(pred), np.array(label)
+    r = ((p - p.mean()) * (y - y.mean())).sum() / math.sqrt(((p - p.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum())
+    assert math.isclose(m["corr"], r)
+
+
+def test_zero_prediction_is_negative_for_non0_and_non_negative_for_has0():
+    m = compute_metrics([0.0, 0.0], [1.0, 1.0])
+    assert m["acc2_non0"] == 0.0 and m["acc2_has0"] == 1.0
+
+
+def test_f1_when_all_labels_are_one_class():
+    m = compute_metrics([-1.0, 1.0, 2.0], [1.0, 2.0, 3.0])
+    assert math.isclose(m["acc2_non0"], 2 / 3)
+    assert math.isclose(m["f1_non0"], 0.8)           # the absent class has weight 0
+
+
+def test_metrics_of_all_neutral_labels_and_constant_predictions_are_nan_not_errors():
+    m = compute_metrics([0.1, 0.1], [0.0, 0.0])
+    assert math.isnan(m["acc2_non0"]) and math.isnan(m["f1_non0"]) and math.isnan(m["corr"])
+
+
+def test_metrics_reject_bad_input_clearly():
+    with pytest.raises(ValueError, match="expected two equal, non-empty"):
+        compute_metrics([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="non-finite predictions"):
+        compute_metrics([np.nan], [1.0])
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_cli_smoke_run_writes_results_predictions_and_figures(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(TINY + ["--epochs", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "parameters" in printed and "Acc-2 has-0/non-0" in printed
+    results = json.loads((out / "results.json").read_text())
+    seed = results["seeds"]["1111"]
+    assert set(seed["test"]) == set(train.METRIC_NAMES) and set(seed["test_drop"]) == {"text", "audio", "vision"}
+    assert results["test_mean"]["mae"] == seed["test"]["mae"] and results["test_std"]["mae"] == 0
+    assert results["config"]["model"]["text_dim"] == 32
+    run = out / "seed_1111"
+    for name in ("best.pt", "last.pt", "predictions.csv", "learning_curves.png", "pred_vs_true.png", "token_weights.png"):
+        assert (run / name).is_file(), name
+    rows = (run / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("id,label,prediction") and len(rows) == 1 + 48
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    main(TINY + ["--epochs", "2", "--out", str(tmp_path / "a")])
+    main(TINY + ["--epochs", "2", "--out", str(tmp_path / "b")])
+    a, b = (json.loads((tmp_path / x / "results.json").read_text()) for x in "ab")
+    assert a["seeds"] == b["seeds"]
+
+
+def test_eval_only_reproduces_checkpoint_test_metrics(tmp_path):
+    main(TINY + ["--epochs", "2", "--out", str(tmp_path)])
+    ckpt = str(tmp_path / "seed_1111" / "best.pt")
+    stored = train.load_checkpoint(ckpt)["metrics"]["test"]
+    again = train.run(train.parse_args(["--eval-only", ckpt]))
+    assert again["test"] == pytest.approx(stored, abs=1e-6)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    main(TINY + ["--epochs", "3", "--patience", "10", "--out", str(tmp_path / "full")])
+    main(TINY + ["--epochs", "1", "--patience", "10", "--out", str(tmp_path / "cut")])
+    assert main(["--resume", str(tmp_path / "cut" / "seed_1111" / "last.pt"), "--epochs", "3"]) == 0
+    full, cut = (json.loads((tmp_path / x / "results.json").read_text()) for x in ("full", "cut"))
+    assert cut["seeds"]["1111"]["epochs"] == 3
+    assert cut["seeds"]["1111"]["test"] == pytest.approx(full["seeds"]["1111"]["test"], abs=1e-6)
+
+
+def test_drop_modality_changes_evaluation(tmp_path):
+    main(TINY + ["--epochs", "2", "--out", str(tmp_path)])
+    ckpt = str(tmp_path / "seed_1111" / "best.pt")
+    full = train.run(train.parse_args(["--eval-only", ckpt]))["test"]
+    no_text = train.run(train.parse_args(["--eval-only", ckpt, "--drop-modality", "text"]))["test"]
+    assert no_text != full
+    stored = train.load_checkpoint(ckpt)["metrics"]["test_drop"]["text"]
+    assert no_text == pytest.approx(stored, abs=1e-6)
+
+
+def test_text_only_run_never_sees_audio_or_vision(tmp_path):
+    main(TINY + ["--epochs", "1", "--modalities", "text", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["seeds"]["1111"]["test_drop"]) == {"text"}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset", "imdb"], "invalid choice: 'imdb'"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--interaction", "both"], "invalid choice: 'both'"),
+    (["--d-model", "30", "--heads", "4"], "d_model"),
+    (["--lr", "-1"], "need --lr > 0"),
+])
+def test_argparse_rejects_bad_values(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(flags)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_data_ends_with_one_clear_message(tmp_path, capsys):
+    assert main(["--dataset", "mosi", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no MOSI features found") and "--dataset synthetic" in err
+    assert "Traceback" not in err
+
+
+def test_checkpoint_from_other_data_is_refused(tmp_path, capsys):
+    main(TINY + ["--epochs", "1", "--out", str(tmp_path)])
+    ckpt = train.load_checkpoint(str(tmp_path / "seed_1111" / "best.pt"))
+    ckpt["data"]["synthetic_size"] = "mosi"          # pretend it was trained on other widths
+    ckpt["stats"] = None
+    ckpt["data"]["normalize"] = False
+    torch.save(ckpt, tmp_path / "other.pt")
+    assert main(["--eval-only", str(tmp_path / "other.pt")]) == 2
+    assert "trained on feature widths" in capsys.readouterr().err
+
+
+def test_bad_checkpoint_and_missing_cuda_are_reported(tmp_path, capsys):
+    (tmp_path / "x.pt").write_text("nope")
+    assert main(["--eval-only", str(tmp_path / "x.pt")]) == 2
+    assert "is not a MIAR checkpoint" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(TINY + ["--device", "cuda", "--out", str(tmp_path)]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err

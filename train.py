@@ -1,0 +1,460 @@
+"""
+train.py -- train MIAR and evaluate it with the field's metrics.
+
+    python train.py --dataset synthetic                 # no download needed
+    python train.py --dataset mosi --seeds 1111 1112 1113 1114 1115
+    python train.py --eval-only runs/mosi/seed_1111/best.pt --drop-modality audio
+
+One flat path: data -> model -> for each seed: epochs of (batches -> loss ->
+step) -> valid MAE -> early stop -> best checkpoint -> test metrics of that
+checkpoint. Model selection uses the valid split only; test is touched once,
+after training, by the checkpoint with the best valid MAE.
+
+Output folder (--out): results.json, and per seed best.pt / last.pt
+(model + config + normalisation statistics + metrics), predictions.csv and
+figures (learning curves, predicted vs true, token weights).
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data import MODALITIES, DataError, load_dataset
+from miar import MIAR, MIARConfig, count_parameters
+
+# ----------------------------------------------------------------------------
+# Metrics, exactly as MMSA / MulT and nearly every paper compute them
+# (shared/docs/DATA.md). All are fractions; the printed tables show x100.
+
+METRIC_NAMES = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7", "mae", "corr")
+
+
+def weighted_f1(truth, guess):
+    """F1 of a binary problem, averaged over the two classes weighted by their true
+    support (sklearn's average='weighted'); a class never predicted has F1 0."""
+    score = 0.0
+    for cls in (False, True):
+        tp = np.sum((guess == cls) & (truth == cls))
+        fp = np.sum((guess == cls) & (truth != cls))
+        fn = np.sum((guess != cls) & (truth == cls))
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        score += f1 * np.sum(truth == cls)
+    return float(score / len(truth))
+
+
+def compute_metrics(pred, label):
+    """Regression-protocol metrics of predictions `pred` against labels `label` ((N,) each)."""
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    label = np.asarray(label, dtype=np.float64).reshape(-1)
+    if pred.shape != label.shape or len(pred) == 0:
+        raise ValueError(f"compute_metrics: pred has {pred.shape}, label {label.shape}; expected two equal, non-empty (N,)")
+    if not (np.isfinite(pred).all() and np.isfinite(label).all()):
+        raise ValueError("compute_metrics: non-finite predictions or labels; the model diverged or the data is broken")
+    nonzero = label != 0      # "non-0": neutral utterances are dropped, then > 0 vs <= 0
+    metrics = {
+        # "has-0": non-negative vs negative, neutral utterances count as non-negative
+        "acc2_has0": float(np.mean((pred >= 0) == (label >= 0))),
+        "f1_has0": weighted_f1(label >= 0, pred >= 0),
+        "acc2_non0": float(np.mean((pred[nonzero] > 0) == (label[nonzero] > 0))) if nonzero.any() else math.nan,
+        "f1_non0": weighted_f1(label[nonzero] > 0, pred[nonzero] > 0) if nonzero.any() else math.nan,
+        # np.round rounds half to even (2.5 -> 2), as the reference implementations do
+        "acc5": float(np.mean(np.round(np.clip(pred, -2, 2)) == np.round(np.clip(label, -2, 2)))),
+        "acc7": float(np.mean(np.round(np.clip(pred, -3, 3)) == np.round(np.clip(label, -3, 3)))),
+        "mae": float(np.mean(np.abs(pred - label))),
+        # undefined (NaN) for a constant predictor, as np.corrcoef says
+        "corr": float(np.corrcoef(pred, label)[0, 1]) if pred.std() > 0 and label.std() > 0 else math.nan,
+    }
+    return metrics
+
+
+# ----------------------------------------------------------------------------
+# Batches
+
+def batches(dataset, batch_size, generator=None):
+    """Batches of `dataset` as dicts; shuffled when a torch.Generator is given."""
+    n = len(dataset)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield dataset[order[start:start + batch_size].tolist()]
+
+
+def model_inputs(batch, device, drop=()):
+    """The model's keyword arguments; each modality in `drop` is zeroed and fully masked,
+    which is how we ask "how much does the model need this modality?"."""
+    inputs = {}
+    for m in MODALITIES:
+        x, mask = batch[m].to(device), batch[f"{m}_mask"].to(device)
+        if m in drop:
+            x, mask = torch.zeros_like(x), torch.zeros_like(mask)
+        inputs[m], inputs[f"{m}_mask"] = x, mask
+    return inputs
+
+
+@torch.no_grad()
+def predict(model, dataset, batch_size, device, drop=()):
+    """Predictions (N,), token weights (N, 4) and labels (N,) of a whole split, in order."""
+    model.eval()
+    preds, weights = [], []
+    for batch in batches(dataset, batch_size):
+        out = model(**model_inputs(batch, device, drop))
+        preds.append(out.pred.float().cpu()); weights.append(out.weights.float().cpu())
+    return torch.cat(preds).numpy(), torch.cat(weights).numpy(), dataset.tensors["label"].numpy()
+
+
+def evaluate(model, dataset, batch_size, device, drop=()):
+    pred, _, label = predict(model, dataset, batch_size, device, drop)
+    return compute_metrics(pred, label)
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints: everything needed to evaluate or resume, loadable with weights_only
+
+def save_checkpoint(path, **state):
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)    # atomic: a crash never leaves half a checkpoint
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:     # torch raises many types for a bad file
+        raise DataError(f"{path} is not a MIAR checkpoint ({type(e).__name__}: {str(e)[:200]})")
+    missing = {"model", "config", "stats", "data", "modalities"} - set(ckpt) if isinstance(ckpt, dict) else {"everything"}
+    if missing:
+        raise DataError(f"{path} is not a MIAR checkpoint: missing {sorted(missing)}")
+    return ckpt
+
+
+def stats_to_tensors(stats):
+    return None if stats is None else {m: {k: torch.as_tensor(v) for k, v in s.items()} for m, s in stats.items()}
+
+
+def stats_to_numpy(stats):
+    return None if stats is None else {m: {k: v.numpy() for k, v in s.items()} for m, s in stats.items()}
+
+
+def build_model(config, device, state_dict=None, where="checkpoint"):
+    model = MIAR(config).to(device)
+    if state_dict is not None:
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as e:
+            raise DataError(f"{where} does not fit this MIAR ({str(e).splitlines()[0]}); "
+                            f"it was written by another version of miar.py") from None
+    return model
+
+
+def check_dims(config, datasets, where):
+    dims = datasets["train"].dims
+    want = {"text": config.text_dim, "audio": config.audio_dim, "vision": config.vision_dim}
+    if dims != want:
+        raise DataError(f"{where} was trained on feature widths {want} but the data has {dims}; "
+                        f"pass the data it was trained on (--dataset / --data-path / --text-features)")
+
+
+# ----------------------------------------------------------------------------
+# Training one seed
+
+def train_seed(args, config, datasets, seed, device, run_dir, resume=None):
+    """Train with early stopping on valid MAE; returns valid/test metrics of the best checkpoint."""
+    os.makedirs(run_dir, exist_ok=True)
+    best_path, last_path = os.path.join(run_dir, "best.pt"), os.path.join(run_dir, "last.pt")
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    model = build_model(config, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    shuffle = torch.Generator().manual_seed(seed)
+    history, best_mae, bad_epochs, start = [], math.inf, 0, 0
+    if resume is not None:     # continue exactly where last.pt stopped
+        model.load_state_dict(resume["model"]); opt.load_state_dict(resume["optimizer"])
+        shuffle.set_state(resume["shuffle_state"]); torch.set_rng_state(resume["torch_state"])
+        history, best_mae, bad_epochs, start = resume["history"], resume["best_mae"], resume["bad_epochs"], resume["epoch"]
+    common = dict(config=asdict(config), stats=stats_to_tensors(datasets["train"].stats), data=data_args(args),
+                  modalities=list(args.modalities), seed=seed)
+    skipped = [m for m in MODALITIES if m not in args.modalities]   # --modalities: trained without these
+
+    epochs = tqdm(range(start, args.epochs), desc=f"seed {seed}", initial=start, total=args.epochs, disable=None)
+    for epoch in epochs:
+        if bad_epochs >= args.patience:
+            break
+        tic = time.perf_counter()
+        model.train()
+        sums = {"loss": 0.0, "l1": 0.0, "con": 0.0}
+        for batch in tqdm(batches(datasets["train"], args.batch_size, shuffle), leave=False, disable=None,
+                          total=math.ceil(len(datasets["train"]) / args.batch_size), desc=f"epoch {epoch + 1}"):
+            out = model(**model_inputs(batch, device, skipped))
+            losses = model.objective(out, batch["label"].to(device))
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            opt.step()
+            for k in sums:
+                sums[k] += float(losses[k]) * len(batch["id"])
+        train = {k: v / len(datasets["train"]) for k, v in sums.items()}
+        valid = evaluate(model, datasets["valid"], args.batch_size, device, skipped)
+        seconds = time.perf_counter() - tic
+        history.append({"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()},
+                        **{f"valid_{k}": v for k, v in valid.items()}, "seconds": seconds})
+        improved = valid["mae"] < best_mae
+        if improved:
+            best_mae, bad_epochs = valid["mae"], 0
+            save_checkpoint(best_path, model=model.state_dict(), epoch=epoch + 1, metrics={"valid": valid}, **common)
+        else:
+            bad_epochs += 1
+        tqdm.write(f"seed {seed} epoch {epoch + 1:3d} | train loss {train['loss']:.4f} (L1 {train['l1']:.4f}, "
+                   f"con {train['con']:.4f}) | valid MAE {valid['mae']:.4f} Acc-2 {valid['acc2_non0']:.4f}"
+                   f"{' *' if improved else ''} | {seconds:.1f}s")
+        save_checkpoint(last_path, model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1,
+                        history=history, best_mae=best_mae, bad_epochs=bad_epochs, args=vars(args),
+                        shuffle_state=shuffle.get_state(), torch_state=torch.get_rng_state(), **common)
+
+    # test metrics of the best-valid checkpoint (selection never sees test)
+    best = load_checkpoint(best_path)
+    model.load_state_dict(best["model"])
+    valid = evaluate(model, datasets["valid"], args.batch_size, device, skipped)
+    pred, weights, label = predict(model, datasets["test"], args.batch_size, device, skipped)
+    test = compute_metrics(pred, label)
+    # how much does the model use each modality? (the pitfall: a text model in disguise)
+    test_drop = {m: evaluate(model, datasets["test"], args.batch_size, device, sorted({m, *skipped}))
+                 for m in MODALITIES if m not in skipped}
+    result = {"valid": valid, "test": test, "test_drop": test_drop, "best_epoch": best["epoch"],
+              "epochs": len(history), "epoch_seconds": float(np.mean([h["seconds"] for h in history]))}
+    save_checkpoint(best_path, model=best["model"], epoch=best["epoch"], metrics=result, **common)
+    write_predictions(os.path.join(run_dir, "predictions.csv"), datasets["test"].ids, label, pred, weights)
+    plot_run(run_dir, history, pred, label, weights)
+    return result
+
+
+def data_args(args):
+    """The data flags a checkpoint needs to rebuild its data alone."""
+    return {k: getattr(args, k) for k in ("dataset", "data_path", "data_dir", "unaligned", "text_features",
+                                          "normalize", "synthetic_size")}
+
+
+def write_predictions(path, ids, label, pred, weights):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label", "prediction", "w_text", "w_audio", "w_vision", "w_joint"])
+        for row in zip(ids, label, pred, *weights.T):
+            w.writerow([row[0]] + [f"{v:.5f}" for v in row[1:]])
+
+
+# ----------------------------------------------------------------------------
+# Figures
+
+TOKEN_NAMES = ("z_t", "z_a", "z_v", "z_g")
+
+
+def plot_run(run_dir, history, pred, label, weights):
+    """learning_curves.png, pred_vs_true.png, token_weights.png in run_dir."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(epochs, [h["train_loss"] for h in history], label="train loss (L1 + λ·con)")
+    ax[0].plot(epochs, [h["train_l1"] for h in history], label="train L1")
+    ax[0].plot(epochs, [h["valid_mae"] for h in history], label="valid MAE")
+    ax[0].set_xlabel("epoch"); ax[0].legend()
+    ax[1].plot(epochs, [h["valid_acc2_non0"] for h in history], label="valid Acc-2 (non-0)")
+    ax[1].plot(epochs, [h["valid_acc7"] for h in history], label="valid Acc-7")
+    ax[1].set_xlabel("epoch"); ax[1].legend()
+    fig.tight_layout(); fig.savefig(os.path.join(run_dir, "learning_curves.png"), dpi=100); plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(label, pred, s=6, alpha=0.5)
+    ax.plot([-3, 3], [-3, 3], "k--", lw=1)
+    ax.set_xlabel("true sentiment"); ax.set_ylabel("predicted"); ax.set_title("test: predicted vs true")
+    fig.tight_layout(); fig.savefig(os.path.join(run_dir, "pred_vs_true.png"), dpi=100); plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.boxplot(weights, showfliers=False)
+    ax.set_xticks(range(1, 5), TOKEN_NAMES)
+    ax.set_ylabel("fusion weight α"); ax.set_title("test: per-sample token weights")
+    fig.tight_layout(); fig.savefig(os.path.join(run_dir, "token_weights.png"), dpi=100); plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+# Summary table
+
+TABLE = [("Acc-2 has-0/non-0", ("acc2_has0", "acc2_non0")), ("F1 has-0/non-0", ("f1_has0", "f1_non0")),
+         ("Acc-5", ("acc5",)), ("Acc-7", ("acc7",)), ("MAE", ("mae",)), ("Corr", ("corr",))]
+
+
+def format_row(mean, std=None):
+    """The field's columns: accuracies and F1 in %, MAE and Corr as fractions."""
+    cells = []
+    for _, keys in TABLE:
+        scale = 1 if keys[0] in ("mae", "corr") else 100
+        fmt = "{:.3f}" if scale == 1 else "{:.2f}"
+        parts = [fmt.format(mean[k] * scale) + (f"±{fmt.format(std[k] * scale)}" if std is not None else "") for k in keys]
+        cells.append(" / ".join(parts))
+    return " | ".join(cells)
+
+
+def print_table(title, mean, std=None):
+    print(f"\n{title}\n" + " | ".join(name for name, _ in TABLE) + "\n" + format_row(mean, std))
+
+
+# ----------------------------------------------------------------------------
+# Command line
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Train and evaluate MIAR on CMU-MOSI / CMU-MOSEI features.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", choices=["mosi", "mosei", "synthetic"], default="synthetic",
+                   help="named dataset; mosi/mosei read MMSA's layout under --data-dir")
+    d.add_argument("--data-path", help="explicit MMSA or MulT pickle (wins over --dataset)")
+    d.add_argument("--data-dir", default="data", help="where mosi/mosei files live (MOSI/Processed/aligned_50.pkl ...)")
+    d.add_argument("--unaligned", action="store_true", help="use unaligned_50.pkl (audio/vision at their own frame rate)")
+    d.add_argument("--synthetic-size", choices=["mosi", "mosei", "tiny"], default="mosi",
+                   help="split sizes and widths of --dataset synthetic (tiny: for tests and demos)")
+    d.add_argument("--text-features", help="pickle with another text model's 'text' for the same splits (any width)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=40, help="maximum epochs")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--patience", type=int, default=10, help="early stop after this many epochs without a better valid MAE")
+    t.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm")
+    t.add_argument("--seeds", type=int, nargs="+", default=[1111], help="one run per seed; the field reports 1111-1115")
+    m = p.add_argument_group("model (MIARConfig)")
+    m.add_argument("--d-model", type=int, default=MIARConfig.d_model)
+    m.add_argument("--heads", type=int, default=MIARConfig.heads)
+    m.add_argument("--layers", type=int, default=MIARConfig.layers, help="unimodal encoder blocks")
+    m.add_argument("--inter-layers", type=int, default=MIARConfig.inter_layers, help="interaction blocks per token")
+    m.add_argument("--dropout", type=float, default=MIARConfig.dropout)
+    m.add_argument("--interaction", choices=["cross", "self"], default=MIARConfig.interaction,
+                   help="cross: each modality token reads the other two; self: only its own (ablation)")
+    m.add_argument("--lambda-con", type=float, default=MIARConfig.lambda_con, help="weight of the contrastive alignment loss (0 = off)")
+    m.add_argument("--tau", type=float, default=MIARConfig.tau, help="InfoNCE temperature")
+    m.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="ablation: no feature standardisation and no LayerNorm at projection/fusion")
+    e = p.add_argument_group("evaluation and output")
+    e.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES),
+                   help="train and evaluate with only these (e.g. 'text' for a text-only baseline)")
+    e.add_argument("--drop-modality", nargs="+", choices=MODALITIES, default=[],
+                   help="with --eval-only: zero and mask these modalities at evaluation")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    e.add_argument("--out", default=None, help="output folder (default runs/<dataset>)")
+    e.add_argument("--resume", metavar="CKPT", help="continue a stopped run from its last.pt")
+    e.add_argument("--eval-only", metavar="CKPT", help="evaluate a saved checkpoint on valid and test, no training")
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "seeds"):
+        values = getattr(args, name) if name == "seeds" else [getattr(args, name)]
+        if name != "seeds" and min(values) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {values[0]}")
+    if args.lr <= 0 or args.patience < 1 or args.grad_clip <= 0:
+        p.error(f"need --lr > 0, --patience >= 1 and --grad-clip > 0; got {args.lr}, {args.patience}, {args.grad_clip}")
+    try:    # model flags are checked by MIARConfig itself, before any data is read
+        model_config(args, {m: 1 for m in MODALITIES})
+    except ValueError as e:
+        p.error(str(e))
+    if args.out is None:
+        args.out = os.path.join("runs", args.dataset if args.data_path is None else
+                                os.path.splitext(os.path.basename(args.data_path))[0])
+    return args
+
+
+def model_config(args, dims):
+    """The CLI's model flags and the data's widths as one MIARConfig."""
+    return MIARConfig(text_dim=dims["text"], audio_dim=dims["audio"], vision_dim=dims["vision"],
+                      d_model=args.d_model, heads=args.heads, layers=args.layers, inter_layers=args.inter_layers,
+                      dropout=args.dropout, interaction=args.interaction, tau=args.tau,
+                      lambda_con=args.lambda_con, normalize=args.normalize)
+
+
+def pick_device(name):
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def run(args):
+    device = pick_device(args.device)
+    if args.eval_only:
+        return eval_only(args, device)
+    resume = load_checkpoint(args.resume) if args.resume else None
+    if resume is not None:
+        if "optimizer" not in resume:
+            raise DataError(f"{args.resume} is a best.pt; resume from the run's last.pt")
+        for k, v in resume["data"].items():     # the data and model the run was started with
+            setattr(args, k, v)
+        for k in ("batch_size", "lr", "weight_decay", "patience", "grad_clip"):   # same training as started
+            setattr(args, k, resume["args"][k])
+        args.seeds, args.modalities = [resume["seed"]], resume["modalities"]
+        args.out = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))
+    datasets = load_dataset(args.dataset, args.data_path, args.data_dir, args.unaligned,
+                            args.text_features, args.normalize, synthetic_size=args.synthetic_size)
+    dims = datasets["train"].dims
+    if resume is not None:
+        config = MIARConfig(**resume["config"])
+        check_dims(config, datasets, args.resume)
+    else:
+        config = model_config(args, dims)
+    print(f"data: {datasets['train'].source} | train/valid/test {[len(d) for d in datasets.values()]} | "
+          f"widths {dims} | lengths {datasets['train'].lengths}")
+    print(f"model: MIAR with {count_parameters(MIAR(config)):,} parameters on {device} | {config}")
+
+    os.makedirs(args.out, exist_ok=True)
+    results_path = os.path.join(args.out, "results.json")
+    results = json.load(open(results_path)) if resume is not None and os.path.isfile(results_path) else {"seeds": {}}
+    for seed in args.seeds:
+        run_dir = os.path.join(args.out, f"seed_{seed}")
+        results["seeds"][str(seed)] = train_seed(args, config, datasets, seed, device, run_dir, resume)
+        r = results["seeds"][str(seed)]
+        print_table(f"seed {seed}: test (best valid epoch {r['best_epoch']})", r["test"])
+        print("  without a modality (test MAE / Acc-2 non-0): " + ", ".join(
+            f"-{m} {v['mae']:.3f} / {100 * v['acc2_non0']:.2f}" for m, v in r["test_drop"].items()))
+    tests = [r["test"] for r in results["seeds"].values()]
+    results["test_mean"] = {k: float(np.mean([t[k] for t in tests])) for k in METRIC_NAMES}
+    results["test_std"] = {k: float(np.std([t[k] for t in tests])) for k in METRIC_NAMES}
+    results["config"] = {"model": asdict(config), "args": {k: v for k, v in vars(args).items()}}
+    with open(results_path, "w") as f:
+        json.dump(results, f, indent=1)
+    print_table(f"test, mean ± std over {len(tests)} seed(s) {sorted(results['seeds'])}",
+                results["test_mean"], results["test_std"])
+    print(f"wrote {results_path}")
+    return results
+
+
+def eval_only(args, device):
+    """Evaluate a checkpoint on the data it was trained on (its own normalisation statistics)."""
+    ckpt = load_checkpoint(args.eval_only)
+    config = MIARConfig(**ckpt["config"])
+    d = ckpt["data"]
+    datasets = load_dataset(d["dataset"], d["data_path"], d["data_dir"], d["unaligned"], d["text_features"],
+                            d["normalize"], stats=stats_to_numpy(ckpt["stats"]), synthetic_size=d["synthetic_size"])
+    check_dims(config, datasets, args.eval_only)
+    model = build_model(config, device, ckpt["model"], args.eval_only)
+    drop = sorted(set(args.drop_modality) | {m for m in MODALITIES if m not in ckpt["modalities"]})
+    results = {split: evaluate(model, datasets[split], args.batch_size, device, drop) for split in ("valid", "test")}
+    print_table(f"{args.eval_only}: test" + (f" without {', '.join(drop)}" if drop else ""), results["test"])
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (DataError, ValueError) as e:    # ValueError: compute_metrics on a diverged model
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
