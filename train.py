@@ -200,7 +200,7 @@ def train_seed(args, config, datasets, seed, device, run_dir, resume=None):
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             opt.step()
             for k in sums:
-                sums[k] += float(losses[k]) * len(batch["id"])
+                sums[k] += losses[k].item() * len(batch["id"])
         train = {k: v / len(datasets["train"]) for k, v in sums.items()}
         valid = evaluate(model, datasets["valid"], args.batch_size, device, skipped)
         seconds = time.perf_counter() - tic

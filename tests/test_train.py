@@ -83,7 +83,8 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     main(TINY + ["--epochs", "2", "--out", str(tmp_path / "a")])
     main(TINY + ["--epochs", "2", "--out", str(tmp_path / "b")])
     a, b = (json.loads((tmp_path / x / "results.json").read_text()) for x in "ab")
-    assert a["seeds"] == b["seeds"]
+    for key in ("valid", "test", "test_drop", "best_epoch"):      # everything but the timings
+        assert a["seeds"]["1111"][key] == b["seeds"]["1111"][key]
 
 
 def test_eval_only_reproduces_checkpoint_test_metrics(tmp_path):
