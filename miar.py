@@ -1,33 +1,32 @@
 """
-miar.py -- MIAR: Modality Interaction and Alignment Representation fusion
-(Zhu & Yu, arXiv 2601.02414), in compact einops-based PyTorch.
+miar.py -- MIAR: Modality Interaction and Alignment Representation fusion for
+multimodal sentiment (Zhu & Yu, arXiv 2601.02414), in plain PyTorch + einops.
 
-Only the paper's abstract is public. This file is the project's
-reconstruction of each of its claims (shared/docs/MIAR.md):
+Only the paper's abstract is public: no code, no full text. This file is the
+project's reconstruction of the abstract's five claims (shared/docs/MIAR.md,
+"The reconstruction"), read top to bottom in the order data flows:
 
   claim in the abstract                          where it lives here
-  1. language, audio, vision feature sequences   MIAR.forward(text, audio, vision, *_mask)
-  2. feature interaction -> four tokens          Interaction: z_t, z_a, z_v read the *other*
-                                                 modalities, z_g reads all three
-  3. contrastive learning + normalisation        alignment_loss (symmetric InfoNCE) and the
-                                                 LayerNorms of Projection / Fusion (plus the
-                                                 train-statistics standardisation in data.py)
-  4. varying contributions of modalities         Fusion: per-sample softmax weights over tokens
-  5. works across text models                    Projection reads any input width
+  1. language, audio, vision feature sequences   Projection, UnimodalEncoder (one per modality)
+  2. feature interaction -> four tokens          InteractionToken, Interaction: z_t, z_a, z_v, z_g
+  3. contrastive learning + normalisation        alignment_loss, MIAR.align_head; the LayerNorms of
+                                                 Projection and Fusion (+ data.py's standardisation)
+  4. varying contributions of the modalities     Fusion: per-sample softmax weights, returned
+  5. robust across textual model features        Projection reads any config.text_dim (300/768/1024)
 
-Choices the abstract leaves open (change them here):
-  * positional information: fixed sinusoidal, so any length (50, 375, 500) works;
-  * each token has its own interaction blocks (no weight sharing across tokens);
-  * a token's query is a learned vector plus the masked mean of its own modality,
-    so attention can both pick a single event and start from pooled evidence;
-  * z_g's query adds the mean of the three modality means;
-  * the contrastive loss aligns z_t, z_a, z_v (not z_g) through one shared
-    projection head, tau = 0.1 (sharp enough to separate a batch of 32);
-  * fusion weights the LayerNormed tokens and an MLP reads all four at once,
-    so it can express "text says X unless audio says Y", not only sums.
+Choices the abstract leaves open, and where to change each:
+  * positions: fixed sinusoidal, computed for the actual length    -> sinusoidal_positions
+  * the start of a token's query: learned vector + masked mean of  -> Interaction.forward
+    its own modality; z_g's adds the mean of the three means
+  * what z_t, z_a, z_v read: the other two modalities ("cross"),   -> Interaction.keys_of
+    or their own one ("self", the ablation)
+  * no weight sharing: each token has its own stack of blocks      -> Interaction.__init__
+  * alignment acts on z_t, z_a, z_v (not z_g), one shared head     -> MIAR.align_head
+  * tau = 0.1 and lambda_con = 0.1                                 -> MIARConfig
+  * fusion: an MLP over the weighted tokens side by side           -> Fusion
 
-Shapes: b batch, l length, d width, h heads, k tokens, m modalities.
-Masks are booleans, True = real frame.
+Axis names: b batch, l frames, d width, h heads, k tokens; i and j are the query
+and key positions inside attention. Masks are booleans, True = real frame.
 """
 import math
 from dataclasses import dataclass
@@ -35,178 +34,209 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import pack, rearrange, repeat, unpack
+from einops import einsum, pack, rearrange
 
-MODALITIES = ("t", "a", "v")
-TOKENS = ("t", "a", "v", "g")
+MODALITIES = ("t", "a", "v")                 # text, audio, vision
+TOKENS = MODALITIES + ("g",)                 # one token per modality, plus the joint token
 OTHERS = {"t": ("a", "v"), "a": ("t", "v"), "v": ("t", "a")}
+POSITION_BASE = 10000.0                      # longest sinusoid wavelength, as in "Attention is all you need"
+QUERY_INIT_STD = 0.02                        # learned queries start small next to the masked means they join
 
 
 @dataclass
 class MIARConfig:
-    text_dim: int = 768        # read from the data by the caller, never hard-coded
+    text_dim: int = 768          # read from the data by the caller, never hard-coded (claim 5)
     audio_dim: int = 5
     vision_dim: int = 20
     d_model: int = 64
     heads: int = 4
-    layers: int = 1            # unimodal encoder blocks per modality
-    inter_layers: int = 1      # interaction (cross-attention) blocks per token
+    layers: int = 1              # unimodal encoder blocks per modality (0: projection only)
+    inter_layers: int = 1        # interaction (cross-attention) blocks per token
     dropout: float = 0.1
-    interaction: str = "cross" # "cross": z_m reads the other two; "self": its own modality (ablation)
-    tau: float = 0.1           # InfoNCE temperature
-    lambda_con: float = 0.1    # weight of the alignment loss; 0 disables it
-    normalize: bool = True     # False: no LayerNorm at projection / fusion (the ablation)
-    mlp_ratio: int = 4         # hidden width of every MLP, in multiples of d_model
+    interaction: str = "cross"   # "cross": z_m reads the other two modalities; "self": its own (ablation)
+    tau: float = 0.1             # InfoNCE temperature: logits = cosine / tau span [-10, 10], sharp enough for batches of 32
+    lambda_con: float = 0.1      # weight of the alignment loss; 0 switches it off
+    normalize: bool = True       # False drops the LayerNorms of Projection and Fusion (the ablation)
+    mlp_ratio: int = 4           # hidden width of the blocks' MLPs, in multiples of d_model
 
     def __post_init__(self):
         checks = [
-            (self.interaction in ("cross", "self"), f"interaction must be 'cross' or 'self', got {self.interaction!r}"),
-            (min(self.text_dim, self.audio_dim, self.vision_dim) > 0, "feature widths must be positive"),
-            (self.d_model > 0 and self.heads > 0 and self.d_model % self.heads == 0,
-             f"d_model ({self.d_model}) must be a positive multiple of heads ({self.heads})"),
-            (self.layers >= 0 and self.inter_layers >= 1, "need layers >= 0 and inter_layers >= 1"),
-            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
-            (self.tau > 0, f"tau must be positive, got {self.tau}"),
-            (self.lambda_con >= 0, f"lambda_con must be >= 0, got {self.lambda_con}"),
-            (self.mlp_ratio >= 1, f"mlp_ratio must be >= 1, got {self.mlp_ratio}"),
+            ("interaction", self.interaction in ("cross", "self"), "'cross' or 'self'"),
+            *[(f"{m}_dim", getattr(self, f"{m}_dim") > 0, "a positive width") for m in ("text", "audio", "vision")],
+            ("heads", self.heads > 0, "a positive number of heads"),
+            ("d_model", self.d_model > 0 and self.heads > 0 and self.d_model % self.heads == 0,
+             f"a positive multiple of heads={self.heads}"),
+            ("layers", self.layers >= 0, "0 or more blocks"),
+            ("inter_layers", self.inter_layers >= 1, "1 or more blocks (the tokens are made there)"),
+            ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
+            ("tau", self.tau > 0, "a positive temperature"),
+            ("lambda_con", self.lambda_con >= 0, "a weight >= 0 (0 switches alignment off)"),
+            ("mlp_ratio", self.mlp_ratio >= 1, "an integer >= 1"),
         ]
-        for ok, message in checks:
+        for name, ok, expected in checks:
             if not ok:
-                raise ValueError(f"MIARConfig: {message}")
+                raise ValueError(f"MIARConfig.{name}: found {getattr(self, name)!r}, expected {expected}")
 
 
 @dataclass
 class MIAROutput:
-    pred: torch.Tensor          # (b,) sentiment
-    tokens: torch.Tensor        # (b, 4, d) [z_t, z_a, z_v, z_g]
-    weights: torch.Tensor       # (b, 4) fusion weights: each token's per-sample contribution
-    aligned: torch.Tensor       # (b, 3, d) L2-normalised p_t, p_a, p_v of the alignment loss
-    attention: dict = None      # {token: (b, h, keys)} of its last interaction block, when asked
+    pred: torch.Tensor           # (b,) sentiment, unbounded regression (labels lie in -3..3)
+    tokens: torch.Tensor         # (b, 4, d) [z_t, z_a, z_v, z_g]
+    weights: torch.Tensor        # (b, 4) fusion weights alpha: each token's per-sample contribution
+    aligned: torch.Tensor        # (b, 3, d) L2-normalised p_t, p_a, p_v of the alignment loss
+    # Only with return_attention=True: {"t": (b, h, j), "a": ..., "v": ..., "g": ...}, each token's
+    # attention in its last interaction block over its keys, and "keys": {"t": {"a": l_a, "v": l_v}, ...}
+    # naming, in order, the modalities (and their lengths) concatenated along j.
+    attention: dict | None = None
 
 
-# ----------------------------------------------------------------------------
-# Attention, written out so the math is visible
+# Attention, written out so the math is visible ----------------------------------------------------
 
 def masked_softmax(logits, key_mask):
-    """Softmax over keys that are real frames. A row with no real key gets all-zero
-    weights (not NaN): a sample whose audio is entirely missing simply reads nothing.
-    logits (b, h, q, k), key_mask (b, k)."""
-    mask = rearrange(key_mask, 'b k -> b 1 1 k')
-    # a finite fill keeps the backward pass NaN-free; exp underflows to exactly 0
-    weights = logits.masked_fill(~mask, -torch.finfo(logits.dtype).max).softmax(dim=-1)
-    return weights * mask
+    """Attention weights over the real frames only. logits (b, h, i, j), key_mask (b, j).
+
+    Padded keys get the most negative *finite* float, not -inf: a row whose keys are all
+    padding (a sample with no audio at all) would be softmax(-inf, ..., -inf) = NaN, in the
+    forward and in the backward pass. With a finite fill that row comes out uniform, and the
+    multiplication by the mask makes it exactly zero: the query reads nothing. In every other
+    row the filled keys underflow to exactly 0, so values at padded frames cannot leak in."""
+    key_mask = rearrange(key_mask, 'b j -> b 1 1 j')
+    weights = logits.masked_fill(~key_mask, -torch.finfo(logits.dtype).max).softmax(dim=-1)
+    return weights * key_mask
 
 
 class Attention(nn.Module):
-    """Masked multi-head attention: queries x read keys/values ctx."""
+    """Masked multi-head attention: queries x read the real frames of a context."""
 
-    def __init__(self, d, heads, dropout):
+    def __init__(self, c):
         super().__init__()
-        self.heads = heads
-        self.to_q = nn.Linear(d, d, bias=False)
-        self.to_kv = nn.Linear(d, 2 * d, bias=False)
-        self.out = nn.Linear(d, d)
-        self.drop = nn.Dropout(dropout)
+        self.heads = c.heads
+        self.to_q = nn.Linear(c.d_model, c.d_model, bias=False)
+        self.to_kv = nn.Linear(c.d_model, 2 * c.d_model, bias=False)
+        self.to_out = nn.Linear(c.d_model, c.d_model)
+        self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x, ctx, ctx_mask):
-        q = rearrange(self.to_q(x), 'b q (h d) -> b h q d', h=self.heads)
-        k, v = rearrange(self.to_kv(ctx), 'b k (two h d) -> two b h k d', two=2, h=self.heads)
-        logits = torch.einsum('bhqd,bhkd->bhqk', q, k) / math.sqrt(q.shape[-1])
-        attn = masked_softmax(logits, ctx_mask)                        # (b, h, q, k)
-        y = torch.einsum('bhqk,bhkd->bhqd', self.drop(attn), v)
-        return self.out(rearrange(y, 'b h q d -> b q (h d)')), attn
+    def forward(self, x, ctx, ctx_mask):                      # (b, i, d), (b, j, d), (b, j)
+        q = rearrange(self.to_q(x), 'b i (h d) -> b h i d', h=self.heads)
+        k, v = rearrange(self.to_kv(ctx), 'b j (two h d) -> two b h j d', two=2, h=self.heads)
+        logits = einsum(q, k, 'b h i d, b h j d -> b h i j') / math.sqrt(q.shape[-1])
+        attn = masked_softmax(logits, ctx_mask)
+        y = einsum(attn, v, 'b h i j, b h j d -> b h i d')
+        # dropout on the output, not on the map: the map stays the distribution one plots,
+        # and CPU dropout (one random draw per element) is not free on (b, h, i, j)
+        return self.drop(self.to_out(rearrange(y, 'b h i d -> b i (h d)'))), attn
 
 
 class MLP(nn.Sequential):
-    def __init__(self, d, ratio, dropout):
-        super().__init__(nn.Linear(d, ratio * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ratio * d, d), nn.Dropout(dropout))
+    """Position-wise feed-forward network of a Transformer block."""
+
+    def __init__(self, c):
+        hidden = c.mlp_ratio * c.d_model
+        super().__init__(nn.Linear(c.d_model, hidden), nn.GELU(),   # one dropout, on the output
+                         nn.Linear(hidden, c.d_model), nn.Dropout(c.dropout))
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: x + Attn(LN x, ctx), then x + MLP(LN x).
-    Self-attention when ctx is x itself, cross-attention otherwise."""
+    """Pre-norm Transformer block: x + Attention(LN x, context), then x + MLP(LN x).
 
-    def __init__(self, d, heads, ratio, dropout):
+    cross=False: self-attention, the context is x itself (the unimodal encoders).
+    cross=True: the context is another residual stream (frames of other modalities),
+    so it gets its own LayerNorm; only the query stream x is updated."""
+
+    def __init__(self, c, cross):
         super().__init__()
-        self.norm_q, self.norm_ctx, self.norm_mlp = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = Attention(d, heads, dropout)
-        self.mlp = MLP(d, ratio, dropout)
+        self.norm_x = nn.LayerNorm(c.d_model)
+        self.norm_ctx = nn.LayerNorm(c.d_model) if cross else None
+        self.attn = Attention(c)
+        self.norm_mlp = nn.LayerNorm(c.d_model)
+        self.mlp = MLP(c)
 
     def forward(self, x, ctx, ctx_mask):
-        y, attn = self.attn(self.norm_q(x), self.norm_ctx(ctx), ctx_mask)
+        q = self.norm_x(x)
+        y, attn = self.attn(q, q if self.norm_ctx is None else self.norm_ctx(ctx), ctx_mask)
         x = x + y
         return x + self.mlp(self.norm_mlp(x)), attn
 
 
-# ----------------------------------------------------------------------------
-# The components of MIAR
+# MIAR.md steps 2-3: projection, unimodal context encoders -----------------------------------------
 
 def sinusoidal_positions(length, d, device):
-    """(length, d) fixed sinusoidal positions: no maximum length, so unaligned audio (375)
-    and video (500) frames need no retraining of a position table."""
-    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
-    pe = torch.zeros(length, d, device=device)
-    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq[: d // 2])
-    return pe
+    """(length, d) fixed sinusoidal positions. Fixed rather than learned: there is no table
+    with a maximum length, so aligned (50) and unaligned audio (375) / video (500) frames all work."""
+    position = torch.arange(length, device=device, dtype=torch.float32)
+    frequency = POSITION_BASE ** (-torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
+    angle = einsum(position, frequency, 'l, f -> l f')
+    return rearrange([angle.sin(), angle.cos()], 'two l f -> l (f two)')[:, :d]   # sin, cos interleaved
 
 
 class Projection(nn.Module):
-    """Normalised projection of one modality into the shared width: LayerNorm(d_m) -> Linear -> + position.
-    The LayerNorm comes *before* the Linear because raw modality features differ in scale
-    by orders of magnitude (COVAREP vs Facet vs BERT)."""
+    """Normalised projection of one modality into the shared width: LayerNorm -> Linear -> + position.
 
-    def __init__(self, d_in, d, normalize, dropout):
+    The LayerNorm comes *before* the Linear: raw features differ in scale by orders of
+    magnitude between modalities (COVAREP audio, Facet vision, BERT text), the "large
+    distribution gap" the abstract normalises against."""
+
+    def __init__(self, d_in, c):
         super().__init__()
-        self.norm = nn.LayerNorm(d_in) if normalize else nn.Identity()
-        self.proj = nn.Linear(d_in, d)
-        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_in) if c.normalize else nn.Identity()
+        self.proj = nn.Linear(d_in, c.d_model)
+        self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x):                                              # (b, l, d_in) -> (b, l, d)
-        x = self.proj(self.norm(x))
-        return self.drop(x + sinusoidal_positions(x.shape[1], x.shape[2], x.device))
+    def forward(self, x, mask):                               # (b, l, d_in), (b, l) -> (b, l, d)
+        keep = rearrange(mask, 'b l -> b l 1')
+        # padded frames may hold anything (-inf, NaN, leftovers): zero them before any
+        # arithmetic, because attention's 0 weight times a NaN value is still NaN
+        x = self.proj(self.norm(torch.where(keep, x, 0.0)))
+        x = self.drop(x + sinusoidal_positions(x.shape[1], x.shape[2], x.device).to(x.dtype))
+        return torch.where(keep, x, 0.0)
 
 
 class UnimodalEncoder(nn.Module):
-    """Unimodal context encoder: masked self-attention blocks over one modality's frames."""
+    """Unimodal context encoder: masked self-attention blocks over one modality's frames -> H_m."""
 
     def __init__(self, c):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(c.d_model, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.layers))
+        self.blocks = nn.ModuleList(Block(c, cross=False) for _ in range(c.layers))
 
-    def forward(self, h, mask):                                        # (b, l, d), (b, l)
+    def forward(self, h, mask):                               # (b, l, d), (b, l)
         keep = rearrange(mask, 'b l -> b l 1')
         for block in self.blocks:
             h, _ = block(h, h, mask)
-            h = torch.where(keep, h, 0.0)   # padding stays exactly 0 (where, not *, so no NaN*0)
+            h = torch.where(keep, h, 0.0)    # padding stays exactly 0 (where, not *: NaN * 0 = NaN)
         return h
 
 
 def masked_mean(h, mask):
-    """(b, l, d), (b, l) -> (b, d): mean over real frames; 0 for a sample with none."""
-    mask = rearrange(mask, 'b l -> b l 1').to(h.dtype)
-    return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    """(b, l, d), (b, l) -> (b, d): mean over the real frames; 0 for a sample with none."""
+    total = torch.where(rearrange(mask, 'b l -> b l 1'), h, 0.0).sum(dim=1)
+    return total / rearrange(mask.sum(dim=1).clamp(min=1), 'b -> b 1')
 
+
+# MIAR.md step 4: feature interaction -> four tokens -----------------------------------------------
 
 class InteractionToken(nn.Module):
-    """Feature interaction: one learned token cross-attends over a set of modality frames
-    and becomes a global representation of what those frames say."""
+    """Feature interaction: one learned token cross-attends over modality frames and becomes
+    a global representation of what they say."""
 
     def __init__(self, c):
         super().__init__()
-        self.query = nn.Parameter(torch.randn(c.d_model) * 0.02)
-        self.blocks = nn.ModuleList(Block(c.d_model, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.inter_layers))
+        self.query = nn.Parameter(torch.randn(c.d_model) * QUERY_INIT_STD)
+        self.blocks = nn.ModuleList(Block(c, cross=True) for _ in range(c.inter_layers))
 
-    def forward(self, start, ctx, ctx_mask):                           # (b, d), (b, n, d), (b, n)
-        z = rearrange(self.query + start, 'b d -> b 1 d')
+    def forward(self, start, ctx, ctx_mask):                  # (b, d), (b, j, d), (b, j)
+        z = rearrange(self.query + start, 'b d -> b 1 d')    # a single query position, i = 1
         for block in self.blocks:
             z, attn = block(z, ctx, ctx_mask)
-        return rearrange(z, 'b 1 d -> b d'), rearrange(attn, 'b h 1 n -> b h n')
+        return rearrange(z, 'b 1 d -> b d'), rearrange(attn, 'b h 1 j -> b h j')
 
 
 class Interaction(nn.Module):
-    """The four tokens: z_t, z_a, z_v (each modality's view of the *other* two, or of
-    itself when interaction='self') and z_g (the joint view of all three)."""
+    """The four feature tokens: z_t, z_a, z_v (each modality's global view of what the *other*
+    two say, or of itself when interaction='self') and z_g (the joint view of all three).
+
+    Each token has its own blocks (no weight sharing): reading audio+vision for text is not
+    the same job as reading text+vision for audio. Both switch settings build the same
+    parameters, so one state_dict loads into either."""
 
     def __init__(self, c):
         super().__init__()
@@ -218,57 +248,64 @@ class Interaction(nn.Module):
             return MODALITIES
         return OTHERS[token] if self.mode == "cross" else (token,)
 
-    def forward(self, h, masks):                                       # dicts m -> (b, l_m, d), (b, l_m)
-        means = {m: masked_mean(h[m], masks[m]) for m in MODALITIES}
-        means["g"] = torch.stack([means[m] for m in MODALITIES]).mean(0)
-        z, attention = [], {}
+    def forward(self, h, masks):                              # dicts m -> (b, l_m, d), (b, l_m)
+        # A query starts from the masked mean of its own modality: averaging over time is how
+        # classical fusion (TFN, LMF) gets real value from weak audio/vision, so that pooled
+        # evidence is there from the start, and attention is left to catch single events.
+        start = {m: masked_mean(h[m], masks[m]) for m in MODALITIES}
+        start["g"] = torch.stack([start[m] for m in MODALITIES]).mean(dim=0)
+        z, attention, keys = [], {}, {}
         for k in TOKENS:
-            keys = self.keys_of(k)
-            ctx, _ = pack([h[m] for m in keys], 'b * d')                # (b, sum of l_m, d)
-            ctx_mask, _ = pack([masks[m] for m in keys], 'b *')
-            z_k, attention[k] = self.tokens[k](means[k], ctx, ctx_mask)
+            ctx, shapes = pack([h[m] for m in self.keys_of(k)], 'b * d')      # (b, l_1 + l_2 [+ l_3], d)
+            ctx_mask, _ = pack([masks[m] for m in self.keys_of(k)], 'b *')
+            z_k, attention[k] = self.tokens[k](start[k], ctx, ctx_mask)
+            keys[k] = {m: shape[0] for m, shape in zip(self.keys_of(k), shapes)}
             z.append(z_k)
-        return torch.stack(z, dim=1), attention                        # (b, 4, d)
+        return torch.stack(z, dim=1), {**attention, "keys": keys}          # (b, 4, d)
 
+
+# MIAR.md step 5: alignment, symmetric InfoNCE between modality tokens -----------------------------
+
+def info_nce(p_i, p_j, tau):
+    """Symmetric InfoNCE for one pair of modalities: utterance n seen in modality i should be
+    closer to utterance n in modality j than to any other utterance of the batch, both ways.
+    p_i, p_j (b, d), L2-normalised here (a no-op if they already are)."""
+    p_i, p_j = F.normalize(p_i, dim=-1), F.normalize(p_j, dim=-1)
+    logits = p_i @ p_j.T / tau                                # (b, b) cosine similarities / tau
+    target = torch.arange(len(p_i), device=p_i.device)        # positives on the diagonal
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def alignment_loss(p_t, p_a, p_v, tau=0.1):
+    """L_con: the mean of InfoNCE over the pairs (t, a), (t, v), (a, v)."""
+    return (info_nce(p_t, p_a, tau) + info_nce(p_t, p_v, tau) + info_nce(p_a, p_v, tau)) / 3
+
+
+# MIAR.md step 6: fusion ---------------------------------------------------------------------------
 
 class Fusion(nn.Module):
-    """Weighted fusion: per-sample softmax weights over the four tokens (their contributions),
-    then an MLP over the weighted tokens side by side. Reading them side by side, not summed,
-    lets the MLP express interactions such as "positive words, unless the tone is sarcastic"."""
+    """Representation fusion: per-sample softmax weights over the four tokens (their
+    contributions), then an MLP over the weighted tokens side by side.
+
+    Concatenated, not summed: the hidden GELU units see every token's features at once and
+    can express "the words say positive *unless* the tone says sarcastic", whereas a sum fed
+    to a linear head could only add evidence up."""
 
     def __init__(self, c):
         super().__init__()
         self.norm = nn.LayerNorm(c.d_model) if c.normalize else nn.Identity()
-        self.score = nn.Linear(c.d_model, 1)
+        self.score = nn.Linear(c.d_model, 1, bias=False)   # no bias: a softmax ignores a shift shared by all tokens
         self.head = nn.Sequential(nn.Linear(len(TOKENS) * c.d_model, c.d_model), nn.GELU(),
                                   nn.Dropout(c.dropout), nn.Linear(c.d_model, 1))
 
-    def forward(self, z):                                              # (b, k, d)
+    def forward(self, z):                                     # (b, k, d)
         z = self.norm(z)
         alpha = rearrange(self.score(z), 'b k 1 -> b k').softmax(dim=-1)
         h = rearrange(z * rearrange(alpha, 'b k -> b k 1'), 'b k d -> b (k d)')
         return rearrange(self.head(h), 'b 1 -> b'), alpha
 
 
-# ----------------------------------------------------------------------------
-# Alignment: symmetric InfoNCE between the modality tokens
-
-def info_nce(p_i, p_j, tau):
-    """Symmetric InfoNCE for one modality pair: utterance n in modality i should be closest
-    to utterance n in modality j among the batch. p_i, p_j (b, d); normalised here."""
-    p_i, p_j = F.normalize(p_i, dim=-1), F.normalize(p_j, dim=-1)
-    logits = p_i @ p_j.T / tau                                         # (b, b)
-    target = torch.arange(len(p_i), device=p_i.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-
-
-def alignment_loss(p_t, p_a, p_v, tau=0.1):
-    """L_con: mean InfoNCE over the pairs (t, a), (t, v), (a, v)."""
-    return (info_nce(p_t, p_a, tau) + info_nce(p_t, p_v, tau) + info_nce(p_a, p_v, tau)) / 3
-
-
-# ----------------------------------------------------------------------------
-# The model
+# The model, and MIAR.md step 7: the objective -----------------------------------------------------
 
 class MIAR(nn.Module):
     """MIAR: projection -> unimodal encoders -> feature interaction (four tokens)
@@ -277,35 +314,49 @@ class MIAR(nn.Module):
     def __init__(self, config):
         super().__init__()
         c = self.config = config
-        dims = {"t": c.text_dim, "a": c.audio_dim, "v": c.vision_dim}
-        self.project = nn.ModuleDict({m: Projection(dims[m], c.d_model, c.normalize, c.dropout) for m in MODALITIES})
+        widths = {"t": c.text_dim, "a": c.audio_dim, "v": c.vision_dim}
+        self.project = nn.ModuleDict({m: Projection(widths[m], c) for m in MODALITIES})
         self.encode = nn.ModuleDict({m: UnimodalEncoder(c) for m in MODALITIES})
         self.interaction = Interaction(c)
-        self.align_head = nn.Linear(c.d_model, c.d_model)   # shared: one space for all modalities
+        # one head shared by the three modalities: the tokens already live in one width, and
+        # sharing W makes the contrastive loss align z_m themselves, not three free projections
+        self.align_head = nn.Linear(c.d_model, c.d_model)
         self.fusion = Fusion(c)
 
     def forward(self, text, audio, vision, text_mask, audio_mask, vision_mask, return_attention=False):
         x = {"t": text, "a": audio, "v": vision}
-        masks = {"t": text_mask.bool(), "a": audio_mask.bool(), "v": vision_mask.bool()}
-        h = {}
-        for m in MODALITIES:
-            keep = rearrange(masks[m], 'b l -> b l 1')
-            # zero padding before anything reads it, so its values can never leak
-            h[m] = self.encode[m](torch.where(keep, self.project[m](torch.where(keep, x[m], 0.0)), 0.0), masks[m])
-        z, attention = self.interaction(h, masks)                     # (b, 4, d)
-        aligned = F.normalize(self.align_head(z[:, :3]), dim=-1)       # (b, 3, d)
+        masks = {"t": text_mask, "a": audio_mask, "v": vision_mask}
+        self.check_inputs(x, masks)
+        h = {m: self.encode[m](self.project[m](x[m], masks[m]), masks[m]) for m in MODALITIES}
+        z, attention = self.interaction(h, masks)                          # (b, 4, d)
+        aligned = F.normalize(self.align_head(z[:, :len(MODALITIES)]), dim=-1)   # (b, 3, d), z_g left out
         pred, weights = self.fusion(z)
         return MIAROutput(pred, z, weights, aligned, attention if return_attention else None)
 
+    def check_inputs(self, x, masks):
+        names = {"t": "text", "a": "audio", "v": "vision"}
+        for m, name in names.items():
+            width = getattr(self.config, f"{name}_dim")
+            if x[m].ndim != 3 or x[m].shape[-1] != width:
+                raise ValueError(f"{name}: found shape {tuple(x[m].shape)}, expected (batch, frames, {width}); "
+                                 f"build MIARConfig({name}_dim=...) from the data's feature width")
+            if masks[m].dtype != torch.bool or masks[m].shape != x[m].shape[:2]:
+                raise ValueError(f"{name}_mask: found {masks[m].dtype} {tuple(masks[m].shape)}, expected "
+                                 f"torch.bool {tuple(x[m].shape[:2])} with True = real frame")
+
     def objective(self, out, label):
-        """L = L1(pred, y) + lambda_con * L_con."""
+        """L = L1(pred, y) + lambda_con * L_con. L_con needs negatives, so it is skipped (0)
+        for a batch of one, and not computed at all when lambda_con = 0."""
+        if label.shape != out.pred.shape:
+            raise ValueError(f"label: found shape {tuple(label.shape)}, expected {tuple(out.pred.shape)} like pred")
         l1 = F.l1_loss(out.pred, label)
         if self.config.lambda_con > 0 and len(label) > 1:
             con = alignment_loss(*out.aligned.unbind(dim=1), tau=self.config.tau)
         else:
-            con = torch.zeros((), device=label.device)
+            con = out.pred.new_zeros(())
         return {"loss": l1 + self.config.lambda_con * con, "l1": l1, "con": con}
 
 
 def count_parameters(model):
-    return sum(p.numel() for p in model.parameters())
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
