@@ -252,3 +252,32 @@ def test_overfits_a_single_batch():
         losses["loss"].backward()
         opt.step()
     assert losses["l1"].item() < 0.05
+
+
+def test_fused_attention_agrees_with_the_explicit_math():
+    """Training uses PyTorch's fused kernel; return_attention uses the written-out math.
+    Both must give the same outputs and gradients, also for a sample with no real key."""
+    from miar import Attention
+    torch.manual_seed(0)
+    attn = Attention(tiny(dropout=0.0))
+    x, ctx = torch.randn(4, 3, 16), torch.randn(4, 9, 16)
+    mask = torch.arange(9) < torch.tensor([9, 4, 1, 0])[:, None]       # the last sample has no real key
+    results = []
+    for need_weights in (True, False):
+        attn.zero_grad()
+        y, _ = attn(x, ctx, mask, need_weights)
+        y.pow(2).sum().backward()
+        results.append((y.detach(), [p.grad.clone() for p in attn.parameters()]))
+    (y1, g1), (y2, g2) = results
+    assert torch.allclose(y1, y2, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g2))
+    assert torch.equal(y2[3], attn.to_out.bias.expand(3, -1).detach())   # read nothing: only the output bias
+
+
+def test_model_outputs_do_not_depend_on_asking_for_attention():
+    model = make_model(dropout=0.0).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        plain, traced = model(**batch), model(**batch, return_attention=True)
+    assert plain.attention is None and traced.attention is not None
+    assert torch.allclose(plain.pred, traced.pred, atol=1e-5)
