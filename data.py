@@ -28,6 +28,7 @@ only recoverable by combining text and audio (see `make_synthetic`).
 import argparse
 import os
 import pickle
+import resource
 import sys
 
 import numpy as np
@@ -410,13 +411,16 @@ def _synthetic_split(n, dims, lengths, rng, direction, split_name):
     # audio / vision frames: word-aligned (same length as text) or at their own rate
     n_a = np.ceil(words * len_a / TEXT_LEN).astype(int)
     n_v = np.ceil(words * len_v / TEXT_LEN).astype(int)
+    # per-frame cues shrink by sqrt(frames per word) in unaligned data, so that the evidence
+    # pooled over an utterance is the same whatever the frame rate
+    per_frame_a, per_frame_v = np.sqrt(TEXT_LEN / len_a), np.sqrt(TEXT_LEN / len_v)
     audio = rng.standard_normal((n, len_a, d_a), dtype=np.float32)
-    audio[:, :, 2] += (LOUDNESS * np.abs(y) / 3)[:, None]
+    audio[:, :, 2] += (per_frame_a * LOUDNESS * np.abs(y) / 3)[:, None]
     burst = (rng.random(n) * n_a).astype(int)
     audio[rows[sarcastic], burst[sarcastic], :2] += PITCH_BURST
     vision = rng.standard_normal((n, len_v, d_v), dtype=np.float32)
     expressive = rng.random((n, len_v)) < EXPRESSIVE_RATE
-    vision[:, :, 0] += expressive * (SMILE * np.sign(y))[:, None]
+    vision[:, :, 0] += expressive * (per_frame_v * SMILE * np.sign(y))[:, None]
 
     for x, lo, hi in ((audio, -2, 2), (vision, -1, 3)):   # COVAREP / Facet-like raw units
         scale, offset = _raw_scales(x.shape[-1], lo, hi)
@@ -488,6 +492,10 @@ def main(argv=None):
         if args.summary:
             summarise(load_dataset(args.dataset, args.data_path, args.data_dir, args.unaligned,
                                    synthetic_size=args.size, synthetic_seed=args.seed))
+            # the memory budget: MOSEI unaligned (~13.6 GB) must load on a 24 GB machine
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # Linux reports KiB
+            size = os.path.getsize(args.data_path) / 2**30 if args.data_path else float("nan")
+            print(f"peak resident memory {peak:.2f} GiB; file {size:.2f} GiB; ratio {peak / size:.2f}")
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
