@@ -358,6 +358,9 @@ def parse_args(argv):
         values = getattr(args, name) if name == "seeds" else [getattr(args, name)]
         if name != "seeds" and min(values) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {values[0]}")
+    if args.drop_modality and not args.eval_only:
+        p.error("--drop-modality applies to --eval-only; a training run already reports test metrics without "
+                "each modality (results.json 'test_drop'); to train without one, use --modalities")
     if args.lr <= 0 or args.patience < 1 or args.grad_clip <= 0:
         p.error(f"need --lr > 0, --patience >= 1 and --grad-clip > 0; got {args.lr}, {args.patience}, {args.grad_clip}")
     try:    # model flags are checked by MIARConfig itself, before any data is read

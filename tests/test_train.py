@@ -126,6 +126,8 @@ def test_text_only_run_never_sees_audio_or_vision(tmp_path):
     (["--interaction", "both"], "invalid choice: 'both'"),
     (["--d-model", "30", "--heads", "4"], "d_model"),
     (["--lr", "-1"], "need --lr > 0"),
+    (["--drop-modality", "audio"], "--drop-modality applies to --eval-only"),
+    (["--eval-only", "x.pt", "--drop-modality", "smell"], "invalid choice: 'smell'"),
 ])
 def test_argparse_rejects_bad_values(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
