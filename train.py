@@ -309,6 +309,25 @@ def print_table(title, mean, std=None):
     print(f"\n{title}\n" + " | ".join(name for name, _ in TABLE) + "\n" + format_row(mean, std))
 
 
+def compare_runs(paths):
+    """One row per run folder (or results.json): its name, seeds, test mean and std.
+    This is how the README's ablation tables are made: `python train.py --compare DIR DIR ...`."""
+    rows = []
+    for path in paths:
+        file = os.path.join(path, "results.json") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise DataError(f"no results.json at {file}; pass the --out folder of a finished run")
+        with open(file) as f:
+            r = json.load(f)
+        name = os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(path)))
+        rows.append({"name": name, "seeds": sorted(r["seeds"]), "mean": r["test_mean"], "std": r["test_std"]})
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'run':{width}s} | seeds | " + " | ".join(name for name, _ in TABLE))
+    for r in rows:
+        print(f"{r['name']:{width}s} | {len(r['seeds']):5d} | {format_row(r['mean'], r['std'])}")
+    return rows
+
+
 # ----------------------------------------------------------------------------
 # Command line
 
@@ -353,6 +372,7 @@ def parse_args(argv):
     e.add_argument("--out", default=None, help="output folder (default runs/<dataset>)")
     e.add_argument("--resume", metavar="CKPT", help="continue a stopped run from its last.pt")
     e.add_argument("--eval-only", metavar="CKPT", help="evaluate a saved checkpoint on valid and test, no training")
+    e.add_argument("--compare", nargs="+", metavar="DIR", help="print the test table (mean ± std) of finished runs, no training")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "seeds"):
         values = getattr(args, name) if name == "seeds" else [getattr(args, name)]
@@ -388,6 +408,8 @@ def pick_device(name):
 
 
 def run(args):
+    if args.compare:
+        return compare_runs(args.compare)
     device = pick_device(args.device)
     if args.eval_only:
         return eval_only(args, device)

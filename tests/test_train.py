@@ -160,3 +160,15 @@ def test_bad_checkpoint_and_missing_cuda_are_reported(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(TINY + ["--device", "cuda", "--out", str(tmp_path)]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_compare_prints_one_row_per_run(tmp_path, capsys):
+    main(TINY + ["--epochs", "1", "--out", str(tmp_path / "cross")])
+    main(TINY + ["--epochs", "1", "--interaction", "self", "--out", str(tmp_path / "self")])
+    capsys.readouterr()
+    rows = train.run(train.parse_args(["--compare", str(tmp_path / "cross"), str(tmp_path / "self" / "results.json")]))
+    assert [r["name"] for r in rows] == ["cross", "self"] and rows[0]["seeds"] == ["1111"]
+    assert rows[0]["mean"] != rows[1]["mean"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("run") and printed[1].startswith("cross") and printed[2].startswith("self")
+    assert main(["--compare", str(tmp_path / "nothing")]) == 2
