@@ -216,6 +216,7 @@ def train_seed(args, config, datasets, seed, device, run_dir, resume=None):
         tqdm.write(f"seed {seed} epoch {epoch + 1:3d} | train loss {train['loss']:.4f} (L1 {train['l1']:.4f}, "
                    f"con {train['con']:.4f}) | valid MAE {valid['mae']:.4f} Acc-2 {valid['acc2_non0']:.4f}"
                    f"{' *' if improved else ''} | {seconds:.1f}s")
+        sys.stdout.flush()   # one line per epoch also when the output goes to a log file
         save_checkpoint(last_path, model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1,
                         history=history, best_mae=best_mae, bad_epochs=bad_epochs, args=vars(args),
                         shuffle_state=shuffle.get_state(), torch_state=torch.get_rng_state(), **common)
