@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+import data
 import train
+from miar import MIAR, MIARConfig
 from train import compute_metrics, main
 
 TINY = ["--dataset", "synthetic", "--synthetic-size", "tiny", "--d-model", "16", "--batch-size", "16"]
@@ -58,6 +60,52 @@ def test_metrics_reject_bad_input_clearly():
         compute_metrics([1.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="non-finite predictions"):
         compute_metrics([np.nan], [1.0])
+
+
+# ---------------------------------------------------------------- batches
+
+@pytest.fixture(scope="module")
+def tiny_unaligned():
+    return data.load_dataset("synthetic", synthetic_size="tiny", unaligned=True, verbose=False)["train"]
+
+
+def test_spans_count_frames_up_to_the_last_real_one(tiny_unaligned):
+    t = tiny_unaligned.tensors
+    expected = sum(t[f"{m}_mask"].sum(dim=1) for m in data.MODALITIES)   # right-padded: span == real frames
+    assert torch.equal(train.spans(tiny_unaligned), expected)
+
+
+def test_trim_padding_keeps_outputs_and_drops_only_common_trailing_padding(tiny_unaligned):
+    full = tiny_unaligned[list(range(8))]
+    trimmed = train.trim_padding(tiny_unaligned[list(range(8))])
+    for m in data.MODALITIES:
+        real = full[f"{m}_mask"].sum(dim=1)
+        assert trimmed[m].shape[1] == int(real.max()) < full[m].shape[1]
+        assert torch.equal(trimmed[f"{m}_mask"].sum(dim=1), real)
+    model = MIAR(MIARConfig(text_dim=32, audio_dim=5, vision_dim=20, d_model=16)).eval()
+    with torch.no_grad():
+        a, b = model(**train.model_inputs(full, "cpu")), model(**train.model_inputs(trimmed, "cpu"))
+    assert torch.allclose(a.pred, b.pred, atol=1e-5) and torch.allclose(a.weights, b.weights, atol=1e-6)
+    # left padding (MulT): the last frames are real, nothing can be cut
+    left = {k: v.flip(1) if k in data.MODALITIES or k.endswith("_mask") else v for k, v in full.items()}
+    assert all(train.trim_padding(dict(left))[m].shape == left[m].shape for m in data.MODALITIES)
+
+
+def test_training_batches_cover_the_split_once_grouped_by_length(tiny_unaligned):
+    n, spans = len(tiny_unaligned), train.spans(tiny_unaligned)
+    order = lambda seed: [b["id"] for b in train.batches(tiny_unaligned, 8, torch.Generator().manual_seed(seed))]
+    first = order(0)
+    assert sorted(i for ids in first for i in ids) == sorted(tiny_unaligned.ids) and len(first) == n // 8
+    assert first == order(0) and first != order(1)        # seeded, and reshuffled by another seed
+    # one window holds all 96 samples here, so the batches partition the length-sorted order
+    index = {i: k for k, i in enumerate(tiny_unaligned.ids)}
+    ranges = sorted((spans[[index[i] for i in ids]].min(), spans[[index[i] for i in ids]].max()) for ids in first)
+    assert all(hi <= lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))
+
+
+def test_evaluation_batches_keep_the_split_order(tiny_unaligned):
+    ids = [i for b in train.batches(tiny_unaligned, 10) for i in b["id"]]
+    assert ids == list(tiny_unaligned.ids)
 
 
 # ---------------------------------------------------------------- CLI
