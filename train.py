@@ -111,7 +111,7 @@ def batches(dataset, batch_size, generator=None):
     Without a generator: in order (evaluation). With one (training): shuffled, then sorted by
     length inside windows of BUCKET_BATCHES batches, and the batches of a window shuffled again.
     Utterances of similar length share a batch, so little time goes to padding (unaligned
-    MOSI-sized epochs: ~2x faster), while which utterances meet, and in which order the
+    MOSI-sized epochs: 11.9 s -> 7.6 s), while which utterances meet, and in which order the
     batches come, stays random from epoch to epoch."""
     n = len(dataset)
     if generator is None:
