@@ -131,6 +131,9 @@ def batches(dataset, batch_size, generator=None):
 def model_inputs(batch, device, drop=()):
     """The model's keyword arguments; each modality in `drop` is zeroed and fully masked,
     which is how we ask "how much does the model need this modality?"."""
+    unknown = set(drop) - set(MODALITIES)
+    if unknown:     # miar.py's short names ("t", "a", "v") would otherwise be ignored silently
+        raise ValueError(f"model_inputs: cannot drop {sorted(unknown)}; expected names from {list(MODALITIES)}")
     inputs = {}
     for m in MODALITIES:
         x, mask = batch[m].to(device), batch[f"{m}_mask"].to(device)

@@ -108,6 +108,15 @@ def test_evaluation_batches_keep_the_split_order(tiny_unaligned):
     assert ids == list(tiny_unaligned.ids)
 
 
+def test_model_inputs_zero_and_mask_a_dropped_modality_and_refuse_unknown_names(tiny_unaligned):
+    batch = tiny_unaligned[[0, 1, 2]]
+    inputs = train.model_inputs(batch, "cpu", drop=("audio",))
+    assert not inputs["audio_mask"].any() and (inputs["audio"] == 0).all()
+    assert torch.equal(inputs["vision"], batch["vision"]) and torch.equal(inputs["text_mask"], batch["text_mask"])
+    with pytest.raises(ValueError, match=r"cannot drop \['a'\]"):
+        train.model_inputs(batch, "cpu", drop=("a",))
+
+
 # ---------------------------------------------------------------- CLI
 
 def test_cli_smoke_run_writes_results_predictions_and_figures(tmp_path, capsys):
