@@ -304,13 +304,14 @@ TOKEN_NAMES = ("z_t", "z_a", "z_v", "z_g")
 
 
 def plot_run(run_dir, history, pred, label, weights):
-    """learning_curves.png, pred_vs_true.png, token_weights.png in run_dir."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """learning_curves.png, pred_vs_true.png, token_weights.png in run_dir.
+
+    Figure objects, not pyplot: nothing changes the caller's backend, so a notebook that
+    calls train.main still shows its own plots, and no display is needed."""
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2)); ax = fig.subplots(1, 2)
     ax[0].plot(epochs, [h["train_loss"] for h in history], label="train loss (L1 + λ·con)")
     ax[0].plot(epochs, [h["train_l1"] for h in history], label="train L1")
     ax[0].plot(epochs, [h["valid_mae"] for h in history], label="valid MAE")
@@ -318,19 +319,19 @@ def plot_run(run_dir, history, pred, label, weights):
     ax[1].plot(epochs, [h["valid_acc2_non0"] for h in history], label="valid Acc-2 (non-0)")
     ax[1].plot(epochs, [h["valid_acc7"] for h in history], label="valid Acc-7")
     ax[1].set_xlabel("epoch"); ax[1].legend()
-    fig.tight_layout(); fig.savefig(os.path.join(run_dir, "learning_curves.png"), dpi=100); plt.close(fig)
+    fig.tight_layout(); fig.savefig(os.path.join(run_dir, "learning_curves.png"), dpi=100)
 
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = Figure(figsize=(4, 4)); ax = fig.subplots()
     ax.scatter(label, pred, s=6, alpha=0.5)
     ax.plot([-3, 3], [-3, 3], "k--", lw=1)
     ax.set_xlabel("true sentiment"); ax.set_ylabel("predicted"); ax.set_title("test: predicted vs true")
-    fig.tight_layout(); fig.savefig(os.path.join(run_dir, "pred_vs_true.png"), dpi=100); plt.close(fig)
+    fig.tight_layout(); fig.savefig(os.path.join(run_dir, "pred_vs_true.png"), dpi=100)
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2)); ax = fig.subplots()
     ax.boxplot(weights, showfliers=False)
     ax.set_xticks(range(1, 5), TOKEN_NAMES)
     ax.set_ylabel("fusion weight α"); ax.set_title("test: per-sample token weights")
-    fig.tight_layout(); fig.savefig(os.path.join(run_dir, "token_weights.png"), dpi=100); plt.close(fig)
+    fig.tight_layout(); fig.savefig(os.path.join(run_dir, "token_weights.png"), dpi=100)
 
 
 # ----------------------------------------------------------------------------

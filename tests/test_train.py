@@ -117,6 +117,22 @@ def test_model_inputs_zero_and_mask_a_dropped_modality_and_refuse_unknown_names(
         train.model_inputs(batch, "cpu", drop=("a",))
 
 
+def test_plot_run_writes_three_figures_and_leaves_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")                  # stands in for a notebook's inline backend
+    try:
+        history = [{"epoch": e, "train_loss": 1.0 / e, "train_l1": 0.9 / e, "valid_mae": 1.1 / e,
+                    "valid_acc2_non0": 0.5 + 0.1 * e, "valid_acc7": 0.2} for e in (1, 2, 3)]
+        rng = np.random.default_rng(0)
+        train.plot_run(str(tmp_path), history, rng.normal(size=20), rng.normal(size=20), rng.dirichlet(np.ones(4), 20))
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    for name in ("learning_curves.png", "pred_vs_true.png", "token_weights.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
+
+
 # ---------------------------------------------------------------- CLI
 
 def test_cli_smoke_run_writes_results_predictions_and_figures(tmp_path, capsys):
