@@ -357,12 +357,10 @@ def load_dataset(name="synthetic", data_path=None, data_dir="data", unaligned=Fa
 #   vision -- on a random share of frames a smile/frown unit moves with sign(y)
 #             (spread-out, weak evidence of the polarity).
 # So y (sign times size) is only recoverable by combining modalities: the size
-# needs audio pooled over time, the sign comes from vision pooled over time or
-# from text corrected by the audio burst ("the words say X unless the tone
-# says otherwise"). Measured (README, notebooks 03 and 05): the default model
-# takes the sign from vision and the size from audio; the text cue is too weak
-# for it to learn from MOSI's 1284 training utterances (text-only runs stay at
-# chance), so the sarcasm route is there but not needed.
+# comes from audio pooled over time and from the words, the sign from vision
+# pooled over time or from the words corrected by the audio burst ("the words
+# say X unless the tone says otherwise"). What the trained model really uses is
+# measured, not assumed: README (Results) and notebooks 03 and 05.
 # Raw feature scales differ by orders of magnitude across and within the
 # modalities (like COVAREP and Facet), so standardisation matters.
 
@@ -380,7 +378,8 @@ TEXT_LEN = 50            # MMSA's padded token length
 MIN_WORDS = 10           # shortest utterance, in tokens
 SENTIMENT_WORDS = 3      # words that carry the apparent polarity
 TEXT_NOISE = 0.5         # std of BERT-like background features
-TEXT_SIGNAL = 1.5        # sentiment-word shift per unit of apparent polarity / 3
+TEXT_SIGNAL = 6.0        # sentiment-word shift per unit of apparent polarity / 3 (1.5 left text-only
+                         # runs at chance; at 6 they reach ~73 % Acc-2, below the 80 % that sarcasm allows)
 SARCASM_RATE = 0.2       # share of non-neutral utterances whose words lie
 PITCH_BURST = 4.0        # size (in noise stds) of the one-frame sarcasm cue, audio features 0 and 1
 LOUDNESS = 1.0           # per-frame loudness shift at |y| = 3, audio feature 2 (noise std 1)
