@@ -22,6 +22,8 @@ Choices the abstract leaves open, and where to change each:
     or their own one ("self", the ablation)
   * no weight sharing: each token has its own stack of blocks      -> Interaction.__init__
   * alignment acts on z_t, z_a, z_v (not z_g), one shared head     -> MIAR.align_head
+    pairwise ("tokens", MIAR.md); or the pooled unimodal encodings
+    before any interaction, so no pair shares an input ("encoders") -> config.align, MIAR.objective
   * tau = 0.1 and lambda_con = 0.1                                 -> MIARConfig
   * fusion: an MLP over the weighted tokens side by side           -> Fusion
 
@@ -56,12 +58,15 @@ class MIARConfig:
     interaction: str = "cross"   # "cross": z_m reads the other two modalities; "self": its own (ablation)
     tau: float = 0.1             # InfoNCE temperature: logits = cosine / tau span [-10, 10], sharp enough for batches of 32
     lambda_con: float = 0.1      # weight of the alignment loss; 0 switches it off
+    align: str = "tokens"        # what InfoNCE aligns: "tokens" z_t, z_a, z_v (MIAR.md), or "encoders":
+                                 # masked-mean(H_t), (H_a), (H_v) before the interaction -- see MIAR.objective
     normalize: bool = True       # False drops the LayerNorms of Projection and Fusion (the ablation)
     mlp_ratio: int = 4           # hidden width of the blocks' MLPs, in multiples of d_model
 
     def __post_init__(self):
         checks = [
             ("interaction", self.interaction in ("cross", "self"), "'cross' or 'self'"),
+            ("align", self.align in ("tokens", "encoders"), "'tokens' or 'encoders'"),
             *[(f"{m}_dim", getattr(self, f"{m}_dim") > 0, "a positive width") for m in ("text", "audio", "vision")],
             ("heads", self.heads > 0, "a positive number of heads"),
             ("d_model", self.d_model > 0 and self.heads > 0 and self.d_model % self.heads == 0,
@@ -83,7 +88,8 @@ class MIAROutput:
     pred: torch.Tensor           # (b,) sentiment, unbounded regression (labels lie in -3..3)
     tokens: torch.Tensor         # (b, 4, d) [z_t, z_a, z_v, z_g]
     weights: torch.Tensor        # (b, 4) fusion weights alpha: each token's per-sample contribution
-    aligned: torch.Tensor        # (b, 3, d) L2-normalised p_t, p_a, p_v of the alignment loss
+    aligned: torch.Tensor        # (b, 3, d) L2-normalised p_t, p_a, p_v from the tokens (align="tokens")
+    aligned_encoders: torch.Tensor  # (b, 3, d) the same head on masked-mean(H_m), each modality alone ("encoders")
     # Only with return_attention=True: {"t": (b, h, j), "a": ..., "v": ..., "g": ...}, each token's
     # attention in its last interaction block over its keys, and "keys": {"t": {"a": l_a, "v": l_v}, ...}
     # naming, in order, the modalities (and their lengths) concatenated along j.
@@ -338,8 +344,11 @@ class MIAR(nn.Module):
         h = {m: self.encode[m](self.project[m](x[m], masks[m]), masks[m]) for m in MODALITIES}
         z, attention = self.interaction(h, masks, return_attention)        # (b, 4, d)
         aligned = F.normalize(self.align_head(z[:, :len(MODALITIES)]), dim=-1)   # (b, 3, d), z_g left out
+        # the pooled encodings the token queries start from, before any modality meets another
+        pooled = torch.stack([masked_mean(h[m], masks[m]) for m in MODALITIES], dim=1)   # (b, 3, d)
+        aligned_encoders = F.normalize(self.align_head(pooled), dim=-1)
         pred, weights = self.fusion(z)
-        return MIAROutput(pred, z, weights, aligned, attention)
+        return MIAROutput(pred, z, weights, aligned, aligned_encoders, attention)
 
     def check_inputs(self, x, masks):
         names = {"t": "text", "a": "audio", "v": "vision"}
@@ -354,12 +363,20 @@ class MIAR(nn.Module):
 
     def objective(self, out, label):
         """L = L1(pred, y) + lambda_con * L_con. L_con needs negatives, so it is skipped (0)
-        for a batch of one, and not computed at all when lambda_con = 0."""
+        for a batch of one, and not computed at all when lambda_con = 0.
+
+        align="tokens" (MIAR.md): InfoNCE between the pairs of modality tokens. With cross
+        interaction, z_t and z_a both read the vision frames (and so on), so a pair can be
+        matched through the frames it shares, noise included (notebook 04), not only through
+        what the modalities agree on. align="encoders" aligns the pooled unimodal encodings
+        instead: each is computed from its own modality alone, so a pair can only be matched
+        through what the modalities of an utterance have in common."""
         if label.shape != out.pred.shape:
             raise ValueError(f"label: found shape {tuple(label.shape)}, expected {tuple(out.pred.shape)} like pred")
         l1 = F.l1_loss(out.pred, label)
         if self.config.lambda_con > 0 and len(label) > 1:
-            con = alignment_loss(*out.aligned.unbind(dim=1), tau=self.config.tau)
+            p = out.aligned if self.config.align == "tokens" else out.aligned_encoders
+            con = alignment_loss(*p.unbind(dim=1), tau=self.config.tau)
         else:
             con = out.pred.new_zeros(())
         return {"loss": l1 + self.config.lambda_con * con, "l1": l1, "con": con}

@@ -408,6 +408,9 @@ def parse_args(argv):
                    help="cross: each modality token reads the other two; self: only its own (ablation)")
     m.add_argument("--lambda-con", type=float, default=MIARConfig.lambda_con, help="weight of the contrastive alignment loss (0 = off)")
     m.add_argument("--tau", type=float, default=MIARConfig.tau, help="InfoNCE temperature")
+    m.add_argument("--align", choices=["tokens", "encoders"], default=MIARConfig.align,
+                   help="what the contrastive loss aligns: the modality tokens z_t, z_a, z_v (MIAR.md), or the "
+                        "pooled unimodal encodings before the interaction (no shared inputs)")
     m.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="ablation: no feature standardisation and no LayerNorm at projection/fusion")
     e = p.add_argument_group("evaluation and output")
@@ -445,7 +448,7 @@ def model_config(args, dims):
     return MIARConfig(text_dim=dims["text"], audio_dim=dims["audio"], vision_dim=dims["vision"],
                       d_model=args.d_model, heads=args.heads, layers=args.layers, inter_layers=args.inter_layers,
                       dropout=args.dropout, interaction=args.interaction, tau=args.tau,
-                      lambda_con=args.lambda_con, normalize=args.normalize)
+                      lambda_con=args.lambda_con, align=args.align, normalize=args.normalize)
 
 
 def pick_device(name):

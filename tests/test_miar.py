@@ -44,7 +44,8 @@ def make_batch(b=6, lengths=(8, 10, 12), widths=None, seed=1):
 
 
 def outputs(out):
-    return {"pred": out.pred, "tokens": out.tokens, "weights": out.weights, "aligned": out.aligned}
+    return {"pred": out.pred, "tokens": out.tokens, "weights": out.weights, "aligned": out.aligned,
+            "aligned_encoders": out.aligned_encoders}
 
 
 # ---------------------------------------------------------------- shapes
@@ -56,8 +57,9 @@ def test_output_shapes_weights_and_unit_norm(lengths):
     assert out.tokens.shape == (5, 4, 16)
     assert out.weights.shape == (5, 4)
     assert torch.allclose(out.weights.sum(-1), torch.ones(5))
-    assert out.aligned.shape == (5, 3, 16)
-    assert torch.allclose(out.aligned.norm(dim=-1), torch.ones(5, 3))
+    for p in (out.aligned, out.aligned_encoders):
+        assert p.shape == (5, 3, 16)
+        assert torch.allclose(p.norm(dim=-1), torch.ones(5, 3))
     assert out.attention is None
 
 
@@ -145,8 +147,9 @@ def test_attention_maps_sum_to_one_over_real_keys_and_zero_on_padding():
 
 # ---------------------------------------------------------------- gradients and loss
 
-def test_gradients_reach_every_parameter():
-    model = make_model(dropout=0.0)
+@pytest.mark.parametrize("align", ["tokens", "encoders"])
+def test_gradients_reach_every_parameter(align):
+    model = make_model(dropout=0.0, align=align)
     out = model(**make_batch())
     model.objective(out, torch.randn(6))["loss"].backward()
     for name, p in model.named_parameters():
@@ -211,6 +214,27 @@ def test_normalize_false_drops_layernorms_and_changes_outputs():
         assert not torch.allclose(on(**batch).pred, off(**batch).pred)
 
 
+def test_align_encoders_aligns_the_pooled_unimodal_encodings():
+    tokens, encoders = make_model(align="tokens").eval(), make_model(align="encoders").eval()
+    encoders.load_state_dict(tokens.state_dict())           # the switch adds no parameters
+    batch, label = make_batch(), torch.randn(6)
+    with torch.no_grad():
+        a, b = tokens(**batch), encoders(**batch)
+        assert torch.equal(a.pred, b.pred)                  # only training differs, through L_con
+        assert torch.equal(a.aligned_encoders, b.aligned_encoders)
+        assert torch.allclose(tokens.objective(a, label)["con"], alignment_loss(*a.aligned.unbind(1)))
+        assert torch.allclose(encoders.objective(b, label)["con"], alignment_loss(*b.aligned_encoders.unbind(1)))
+        assert not torch.allclose(tokens.objective(a, label)["con"], encoders.objective(b, label)["con"])
+    # each encoding comes from its own modality alone: changing audio moves only the audio one,
+    # whereas z_t and z_v read audio too
+    changed = {**batch, "audio": batch["audio"] + 1.0}
+    with torch.no_grad():
+        out = encoders(**changed)
+    moved = (out.aligned_encoders - b.aligned_encoders).abs().amax(dim=(0, 2))
+    assert moved[1] > 0 and moved[0] == 0 and moved[2] == 0
+    assert ((out.aligned - b.aligned).abs().amax(dim=(0, 2)) > 0).all()
+
+
 def test_lambda_con_zero_makes_loss_equal_l1():
     model = make_model(lambda_con=0.0)
     losses = model.objective(model(**make_batch()), torch.randn(6))
@@ -218,7 +242,7 @@ def test_lambda_con_zero_makes_loss_equal_l1():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("interaction", "both"), ("d_model", 30), ("heads", 0), ("text_dim", 0), ("audio_dim", -1),
+    ("interaction", "both"), ("align", "all"), ("d_model", 30), ("heads", 0), ("text_dim", 0), ("audio_dim", -1),
     ("inter_layers", 0), ("layers", -1), ("tau", 0.0), ("lambda_con", -0.1), ("dropout", 1.0), ("mlp_ratio", 0),
 ])
 def test_bad_config_raises_a_clear_value_error(field, value):

@@ -197,6 +197,7 @@ def test_text_only_run_never_sees_audio_or_vision(tmp_path):
     (["--dataset", "imdb"], "invalid choice: 'imdb'"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--interaction", "both"], "invalid choice: 'both'"),
+    (["--align", "own"], "invalid choice: 'own'"),
     (["--d-model", "30", "--heads", "4"], "d_model"),
     (["--lr", "-1"], "need --lr > 0"),
     (["--drop-modality", "audio"], "--drop-modality applies to --eval-only"),
