@@ -378,9 +378,20 @@ def compare_runs(paths):
 # ----------------------------------------------------------------------------
 # Command line
 
-def parse_args(argv):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with every default, except for on/off switches (off unless given) and options
+    without one, where "(default: False)" or "(default: None)" would only confuse."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser():
+    """The command line: every flag, its default and what it does (python train.py --help)."""
     p = argparse.ArgumentParser(description="Train and evaluate MIAR on CMU-MOSI / CMU-MOSEI features.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=["mosi", "mosei", "synthetic"], default="synthetic",
                    help="named dataset; mosi/mosei read MMSA's layout under --data-dir")
@@ -392,18 +403,18 @@ def parse_args(argv):
     d.add_argument("--text-features", help="pickle with another text model's 'text' for the same splits (any width)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=40, help="maximum epochs")
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=32, help="utterances per batch (also the InfoNCE candidates)")
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay")
     t.add_argument("--patience", type=int, default=10, help="early stop after this many epochs without a better valid MAE")
     t.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm")
     t.add_argument("--seeds", type=int, nargs="+", default=[1111], help="one run per seed; the field reports 1111-1115")
     m = p.add_argument_group("model (MIARConfig)")
-    m.add_argument("--d-model", type=int, default=MIARConfig.d_model)
-    m.add_argument("--heads", type=int, default=MIARConfig.heads)
+    m.add_argument("--d-model", type=int, default=MIARConfig.d_model, help="shared width of all modalities and tokens")
+    m.add_argument("--heads", type=int, default=MIARConfig.heads, help="attention heads (must divide --d-model)")
     m.add_argument("--layers", type=int, default=MIARConfig.layers, help="unimodal encoder blocks")
     m.add_argument("--inter-layers", type=int, default=MIARConfig.inter_layers, help="interaction blocks per token")
-    m.add_argument("--dropout", type=float, default=MIARConfig.dropout)
+    m.add_argument("--dropout", type=float, default=MIARConfig.dropout, help="dropout in projections, blocks and fusion")
     m.add_argument("--interaction", choices=["cross", "self"], default=MIARConfig.interaction,
                    help="cross: each modality token reads the other two; self: only its own (ablation)")
     m.add_argument("--lambda-con", type=float, default=MIARConfig.lambda_con, help="weight of the contrastive alignment loss (0 = off)")
@@ -418,11 +429,17 @@ def parse_args(argv):
                    help="train and evaluate with only these (e.g. 'text' for a text-only baseline)")
     e.add_argument("--drop-modality", nargs="+", choices=MODALITIES, default=[],
                    help="with --eval-only: zero and mask these modalities at evaluation")
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    e.add_argument("--out", default=None, help="output folder (default runs/<dataset>)")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
+    e.add_argument("--out", default=None, help="output folder; runs/<dataset> when not given")
     e.add_argument("--resume", metavar="CKPT", help="continue a stopped run from its last.pt")
     e.add_argument("--eval-only", metavar="CKPT", help="evaluate a saved checkpoint on valid and test, no training")
     e.add_argument("--compare", nargs="+", metavar="DIR", help="print the test table (mean ± std) of finished runs, no training")
+    return p
+
+
+def parse_args(argv):
+    """Parse and check the command line; a bad value ends with one argparse error line."""
+    p = build_parser()
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "seeds"):
         values = getattr(args, name) if name == "seeds" else [getattr(args, name)]

@@ -193,6 +193,19 @@ def test_text_only_run_never_sees_audio_or_vision(tmp_path):
     assert set(results["seeds"]["1111"]["test_drop"]) == {"text"}
 
 
+def test_help_documents_every_flag_with_its_default():
+    parser = train.build_parser()
+    text = " ".join(parser.format_help().split())           # unwrap argparse's line breaks
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, f"{action.option_strings} has no help text"
+        if action.default is not None and not isinstance(action.default, bool):
+            assert f"(default: {action.default})" in text, action.option_strings
+    assert "(default: True)" not in text and "(default: None)" not in text   # switches read as "off unless given"
+    assert "(default: tokens)" in text and "(default: 0.1)" in text
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--dataset", "imdb"], "invalid choice: 'imdb'"),
     (["--epochs", "0"], "--epochs must be at least 1"),
