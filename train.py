@@ -356,22 +356,49 @@ def print_table(title, mean, std=None):
     print(f"\n{title}\n" + " | ".join(name for name, _ in TABLE) + "\n" + format_row(mean, std))
 
 
-def compare_runs(paths):
-    """One row per run folder (or results.json): its name, seeds, test mean and std.
-    This is how the README's ablation tables are made: `python train.py --compare DIR DIR ...`."""
-    rows = []
-    for path in paths:
-        file = os.path.join(path, "results.json") if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise DataError(f"no results.json at {file}; pass the --out folder of a finished run")
+def read_results(path):
+    """A run folder (or its results.json) -> (name, results dict), checked enough to compare."""
+    file = os.path.join(path, "results.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise DataError(f"no results.json at {file}; pass the --out folder of a finished run")
+    try:
         with open(file) as f:
             r = json.load(f)
-        name = os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(path)))
-        rows.append({"name": name, "seeds": sorted(r["seeds"]), "mean": r["test_mean"], "std": r["test_std"]})
+        seeds = r["seeds"]
+        for runs in seeds.values():
+            runs["valid"]["mae"], runs["test"]["mae"]
+        r["test_mean"], r["test_std"]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{file} is not a results.json written by train.py ({type(e).__name__}: {e}); "
+                        f"expected seeds -> valid/test metrics, test_mean and test_std")
+    name = os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))))
+    return name, r
+
+
+def compare_runs(paths):
+    """One row per run folder (or results.json): its name, seeds, test mean and std, the mean
+    valid MAE (what model selection sees), and, paired seed by seed with the *first* run, on how
+    many shared seeds its test MAE is lower ("wins"): with MOSI-like seed swings, a mean gap
+    means little unless the same seeds agree. This is how the README's tables are made:
+    `python train.py --compare BASELINE RUN RUN ...`."""
+    rows = []
+    for path in paths:
+        name, r = read_results(path)
+        seeds = sorted(r["seeds"])
+        rows.append({"name": name, "seeds": seeds, "mean": r["test_mean"], "std": r["test_std"],
+                     "valid_mae": float(np.mean([r["seeds"][s]["valid"]["mae"] for s in seeds])),
+                     "test_mae": {s: r["seeds"][s]["test"]["mae"] for s in seeds}})
+    first = rows[0]
+    for r in rows[1:]:
+        shared = [s for s in r["seeds"] if s in first["test_mae"]]
+        r["wins"] = (sum(r["test_mae"][s] < first["test_mae"][s] for s in shared), len(shared))
     width = max(len(r["name"]) for r in rows)
-    print(f"{'run':{width}s} | seeds | " + " | ".join(name for name, _ in TABLE))
+    print(f"{'run':{width}s} | seeds | " + " | ".join(name for name, _ in TABLE)
+          + f" | valid MAE | test MAE lower than {first['name']}")
     for r in rows:
-        print(f"{r['name']:{width}s} | {len(r['seeds']):5d} | {format_row(r['mean'], r['std'])}")
+        wins = f"{r['wins'][0]} of {r['wins'][1]} seeds" if "wins" in r else "-"
+        print(f"{r['name']:{width}s} | {len(r['seeds']):5d} | {format_row(r['mean'], r['std'])}"
+              f" | {r['valid_mae']:.3f} | {wins}")
     return rows
 
 
@@ -433,7 +460,7 @@ def build_parser():
     e.add_argument("--out", default=None, help="output folder; runs/<dataset> when not given")
     e.add_argument("--resume", metavar="CKPT", help="continue a stopped run from its last.pt")
     e.add_argument("--eval-only", metavar="CKPT", help="evaluate a saved checkpoint on valid and test, no training")
-    e.add_argument("--compare", nargs="+", metavar="DIR", help="print the test table (mean ± std) of finished runs, no training")
+    e.add_argument("--compare", nargs="+", metavar="DIR", help="print the test table (mean ± std) of finished runs, no training; also each run's mean valid MAE and on how many seeds its test MAE is lower than the first run's")
     return p
 
 

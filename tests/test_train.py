@@ -259,3 +259,25 @@ def test_compare_prints_one_row_per_run(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("run") and printed[1].startswith("cross") and printed[2].startswith("self")
     assert main(["--compare", str(tmp_path / "nothing")]) == 2
+
+
+def write_results(path, valid_mae, test_mae):
+    """A minimal results.json: seed -> valid/test MAE, as train.py writes it."""
+    path.mkdir()
+    seeds = {s: {"valid": {"mae": v}, "test": {"mae": t}} for s, v, t in zip(["1", "2", "3"], valid_mae, test_mae)}
+    mean = {k: 0.5 for k in ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr")}
+    (path / "results.json").write_text(json.dumps({"seeds": seeds, "test_mean": mean, "test_std": mean}))
+
+
+def test_compare_pairs_seeds_with_the_first_run(tmp_path, capsys):
+    write_results(tmp_path / "base", [0.4, 0.5, 0.6], [0.50, 0.50, 0.50])
+    write_results(tmp_path / "other", [0.3, 0.3, 0.6], [0.40, 0.60, 0.45])    # lower on seeds 1 and 3
+    rows = train.compare_runs([str(tmp_path / "base"), str(tmp_path / "other")])
+    assert "wins" not in rows[0] and rows[1]["wins"] == (2, 3)
+    assert rows[0]["valid_mae"] == pytest.approx(0.5) and rows[1]["valid_mae"] == pytest.approx(0.4)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].endswith("test MAE lower than base") and printed[2].endswith("| 0.400 | 2 of 3 seeds")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text('{"seeds": {"1": {"test": {}}}}')
+    assert main(["--compare", str(tmp_path / "base"), str(tmp_path / "broken")]) == 2
+    assert "is not a results.json written by train.py" in capsys.readouterr().err
