@@ -356,23 +356,28 @@ def print_table(title, mean, std=None):
     print(f"\n{title}\n" + " | ".join(name for name, _ in TABLE) + "\n" + format_row(mean, std))
 
 
-def read_results(path):
-    """A run folder (or its results.json) -> (name, results dict), checked enough to compare."""
+def read_run(path):
+    """A run folder (or its results.json) -> one row of `compare_runs`: name, seeds, test mean and
+    std, mean valid MAE and test MAE per seed. Reading the fields is the schema check."""
     file = os.path.join(path, "results.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise DataError(f"no results.json at {file}; pass the --out folder of a finished run")
     try:
         with open(file) as f:
             r = json.load(f)
-        seeds = r["seeds"]
-        for runs in seeds.values():
-            runs["valid"]["mae"], runs["test"]["mae"]
-        r["test_mean"], r["test_std"]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        seeds = sorted(r["seeds"])
+        if not seeds:
+            raise ValueError("no seeds")
+        metrics = [k for _, keys in TABLE for k in keys]     # the table's columns must all be there
+        row = {"seeds": seeds, "mean": {k: r["test_mean"][k] for k in metrics},
+               "std": {k: r["test_std"][k] for k in metrics},
+               "valid_mae": float(np.mean([r["seeds"][s]["valid"]["mae"] for s in seeds])),
+               "test_mae": {s: r["seeds"][s]["test"]["mae"] for s in seeds}}
+    except (ValueError, KeyError, TypeError) as e:   # ValueError: not JSON (or not text), no seeds
         raise DataError(f"{file} is not a results.json written by train.py ({type(e).__name__}: {e}); "
                         f"expected seeds -> valid/test metrics, test_mean and test_std")
-    name = os.path.basename(os.path.normpath(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))))
-    return name, r
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return {"name": os.path.basename(os.path.normpath(folder)), **row}
 
 
 def compare_runs(paths):
@@ -381,13 +386,7 @@ def compare_runs(paths):
     many shared seeds its test MAE is lower ("wins"): with MOSI-like seed swings, a mean gap
     means little unless the same seeds agree. This is how the README's tables are made:
     `python train.py --compare BASELINE RUN RUN ...`."""
-    rows = []
-    for path in paths:
-        name, r = read_results(path)
-        seeds = sorted(r["seeds"])
-        rows.append({"name": name, "seeds": seeds, "mean": r["test_mean"], "std": r["test_std"],
-                     "valid_mae": float(np.mean([r["seeds"][s]["valid"]["mae"] for s in seeds])),
-                     "test_mae": {s: r["seeds"][s]["test"]["mae"] for s in seeds}})
+    rows = [read_run(path) for path in paths]
     first = rows[0]
     for r in rows[1:]:
         shared = [s for s in r["seeds"] if s in first["test_mae"]]
@@ -460,7 +459,9 @@ def build_parser():
     e.add_argument("--out", default=None, help="output folder; runs/<dataset> when not given")
     e.add_argument("--resume", metavar="CKPT", help="continue a stopped run from its last.pt")
     e.add_argument("--eval-only", metavar="CKPT", help="evaluate a saved checkpoint on valid and test, no training")
-    e.add_argument("--compare", nargs="+", metavar="DIR", help="print the test table (mean ± std) of finished runs, no training; also each run's mean valid MAE and on how many seeds its test MAE is lower than the first run's")
+    e.add_argument("--compare", nargs="+", metavar="DIR",
+                   help="print the test table (mean ± std) of finished runs, no training; also each run's "
+                        "mean valid MAE and on how many seeds its test MAE is lower than the first run's")
     return p
 
 

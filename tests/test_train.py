@@ -281,3 +281,13 @@ def test_compare_pairs_seeds_with_the_first_run(tmp_path, capsys):
     (tmp_path / "broken" / "results.json").write_text('{"seeds": {"1": {"test": {}}}}')
     assert main(["--compare", str(tmp_path / "base"), str(tmp_path / "broken")]) == 2
     assert "is not a results.json written by train.py" in capsys.readouterr().err
+    for bad in (b"\x80\x02 a checkpoint, not JSON", b'{"seeds": {}}', b'{"seeds": {"1": {}}, "test_mean": []}'):
+        (tmp_path / "broken" / "results.json").write_bytes(bad)
+        assert main(["--compare", str(tmp_path / "broken")]) == 2
+        assert "is not a results.json written by train.py" in capsys.readouterr().err
+    write_results(tmp_path / "no_corr", [0.4] * 3, [0.5] * 3)
+    r = json.loads((tmp_path / "no_corr" / "results.json").read_text())
+    del r["test_mean"]["corr"]
+    (tmp_path / "no_corr" / "results.json").write_text(json.dumps(r))
+    assert main(["--compare", str(tmp_path / "no_corr")]) == 2
+    assert "KeyError: 'corr'" in capsys.readouterr().err
