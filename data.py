@@ -39,6 +39,8 @@ SPLITS = ("train", "valid", "test")
 MODALITIES = ("text", "audio", "vision")
 CHUNK = 512       # samples per chunk in clean-up: no temporary the size of a whole split
 MIN_STD = 1e-6    # features that are constant on train are left unscaled (std -> 1)
+LABEL_RANGE = 3.0  # CMU-MOSI/MOSEI sentiment scores lie in [-3, 3]
+PER_SAMPLE_KEYS = ("id", "text_bert", "audio_lengths", "vision_lengths", "text_lengths")
 
 # Where `--dataset mosi|mosei` looks inside --data-dir, in order: MMSA's layout
 # first (the most used today), then MulT's file names.
@@ -54,16 +56,54 @@ class DataError(ValueError):
     """A data file that is not what the loader expects; the message says what to do."""
 
 
+def warn(message):
+    """A warning the user cannot miss: on stderr, every time, whatever `verbose` says."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 # ----------------------------------------------------------------------------
 # Reading a pickle and checking its schema
 
+# Everything MMSA and MulT pickles need, written by numpy 1.x (numpy.core) or 2.x (numpy._core),
+# protocols 2 to 5: arrays are rebuilt by _reconstruct / _frombuffer from a dtype, numpy scalars
+# by scalar(dtype, bytes), and protocol 2 writes bytes as _codecs.encode(str, 'latin1').
+SAFE_GLOBALS = {("numpy", "dtype"), ("numpy", "ndarray"), ("_codecs", "encode")} | {
+    (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))} | {
+    (builtins, name) for builtins in ("builtins", "__builtin__")   # __builtin__: protocol 2's name for it
+    for name in ("dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float",
+                 "bool", "complex")}
+
+
+class FeatureUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and plain containers and nothing else.
+
+    A pickle can name any function and have it called while loading (`__reduce__`), and feature
+    files travel as download links: so every global outside SAFE_GLOBALS is refused, by name."""
+
+    def __init__(self, file, path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) not in SAFE_GLOBALS:
+            raise DataError(
+                f"{self.path}: refused to load: the pickle asks for '{module}.{name}', which a feature file "
+                f"never holds (MMSA and MulT files hold numpy arrays, dicts, lists, strings and numbers). "
+                f"Loading it could run code. If you made this file yourself, re-save it with plain numpy "
+                f"arrays in dicts; otherwise do not use it")
+        return super().find_class(module, name)
+
+
 def read_pickle(path, what="feature file"):
-    """Unpickle `path`, turning every way that can fail into a DataError."""
+    """Unpickle `path` with FeatureUnpickler, turning every way that can fail into a DataError."""
     if not os.path.isfile(path):
         raise DataError(f"{what} not found: {path}")
     try:
         with open(path, "rb") as f:
-            raw = pickle.load(f)
+            raw = FeatureUnpickler(f, path).load()
+    except DataError:
+        raise
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as e:
         raise DataError(f"{path} is not a readable pickle ({type(e).__name__}: {e}); "
                         f"expected a dict with 'train', 'valid' and 'test' as written by MMSA or MulT")
@@ -123,7 +163,16 @@ def zero_rows_mask(x):
 
 def lengths_mask(lengths, length, where):
     """(N,) valid-frame counts -> (N, L) bool; MMSA pads after the real frames."""
-    lengths = np.asarray(lengths).astype(np.int64).reshape(-1)
+    try:
+        lengths = np.asarray(lengths, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where}: not numbers ({e}); expected (N,) whole frame counts")
+    fractional = lengths != np.round(lengths)    # NaN counts too; astype(int) would truncate silently
+    if fractional.any():
+        i = int(np.argmax(fractional))
+        raise DataError(f"{where}: {int(fractional.sum())} lengths are not whole numbers (first: {lengths[i]} "
+                        f"at index {i}); expected whole frame counts")
+    lengths = lengths.astype(np.int64)
     if lengths.min(initial=0) < 0 or lengths.max(initial=0) > length:
         raise DataError(f"{where}: lengths range {lengths.min()}..{lengths.max()}, "
                         f"expected 0..{length} (the padded length)")
@@ -170,15 +219,26 @@ def convert_split(raw, name, source):
         out["nonfinite"][key] = clean_nonfinite(out[key])
 
     n = len(out["text"])
-    labels = np.asarray(split.pop("regression_labels" if schema == "mmsa" else "labels"), dtype=np.float32)
+    label_key = "regression_labels" if schema == "mmsa" else "labels"
+    try:
+        labels = np.asarray(split.pop(label_key), dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where}: '{label_key}' is not numeric ({e}); expected sentiment scores in [-3, 3]")
     labels = labels.reshape(len(labels), -1)[:, 0] if labels.ndim > 1 else labels   # MulT: (N, 1, 1)
     sizes = {"text": n, "audio": len(out["audio"]), "vision": len(out["vision"]), "labels": len(labels)}
+    # every per-sample key read below must have N entries too: the Dataset takes its length from
+    # 'id', and a short or long array would train on part of a split or fail with an IndexError
+    sizes.update({k: _count(split[k]) for k in PER_SAMPLE_KEYS if k in split})
     if len(set(sizes.values())) != 1:
         raise DataError(f"{where}: sample counts differ across keys: {sizes}; expected one N for all")
     if n == 0:
         raise DataError(f"{where}: the split is empty (N = 0); expected at least one sample")
     if not np.isfinite(labels).all():
         raise DataError(f"{where}: {int((~np.isfinite(labels)).sum())} non-finite labels; expected finite values in [-3, 3]")
+    outside = np.abs(labels) > LABEL_RANGE
+    if outside.any():
+        raise DataError(f"{where}: {int(outside.sum())} of {n} '{label_key}' lie outside [-3, 3] (range "
+                        f"{labels.min():g}..{labels.max():g}); expected CMU-MOSI/MOSEI sentiment scores in [-3, 3]")
     out["label"] = labels
 
     out["id"] = ids_of(split, n, name)
@@ -196,6 +256,12 @@ def convert_split(raw, name, source):
             out[f"{key}_mask"] = zero_rows_mask(out[key])
     out["aligned"] = aligned
     return out
+
+
+def _count(value):
+    """Entries along the first axis (0 for a scalar), for the per-sample count check."""
+    shape = np.shape(value)
+    return shape[0] if shape else 0
 
 
 def _str(x):
@@ -227,9 +293,11 @@ def swap_text(splits, path):
             raise DataError(f"{where}: expected a dict with 'text', found {type(split).__name__}")
         text = _features(split, "text", where)
         n = len(splits[name]["label"])
-        if len(text) != n:
-            raise DataError(f"{where}: 'text' has {len(text)} samples; the main file's {name} split has {n}. "
-                            f"The text-feature file must hold the same utterances in the same order")
+        counts = {"text": len(text), **{k: _count(split[k]) for k in PER_SAMPLE_KEYS if k in split}}
+        for key, count in counts.items():
+            if count != n:
+                raise DataError(f"{where}: '{key}' has {count} samples; the main file's {name} split has {n}. "
+                                f"The text-feature file must hold the same utterances in the same order")
         if "id" in split:
             ids = ids_of(split, n, name)
             if not (ids == splits[name]["id"]).all():
@@ -242,6 +310,36 @@ def swap_text(splits, path):
         else:
             mask = text_mask_of(split, text, where)
         splits[name]["text"], splits[name]["text_mask"] = text, mask
+
+
+def check_splits(splits, source):
+    """What a model cannot learn from, checked once all splits are read: an error where the file is
+    surely broken, a warning with a count where a run can still make sense (e.g. --modalities)."""
+    widths = {name: {k: split[k].shape[-1] for k in MODALITIES} for name, split in splits.items()}
+    for name in SPLITS[1:]:
+        if widths[name] != widths["train"]:
+            raise DataError(f"{source}: feature widths differ between splits: train {widths['train']}, "
+                            f"{name} {widths[name]}; every split must hold the same features (re-export the file)")
+    for name, split in splits.items():
+        where = f"{source} [{name}]"
+        for key in MODALITIES:
+            x = split[key]
+            if split["nonfinite"][key] == x.size:
+                warn(f"{where}: '{key}' is non-finite everywhere ({x.size} values, set to 0); the model can "
+                     f"learn nothing from it. Check the file, or train without it (--modalities)")
+            elif not any(x[sl].any() for sl in _chunks(len(x))):
+                warn(f"{where}: '{key}' is zero everywhere ({x.size} values); the model can learn nothing "
+                     f"from it. Check the file, or train without it (--modalities)")
+        # aligned audio/vision follow the text mask, so a sample without a real token has no real frame at all
+        empty = ~split["text_mask"].any(1)
+        if empty.all():
+            raise DataError(f"{where}: the text mask ('text_bert' row 1, 'text_lengths' or non-zero text rows) marks "
+                            f"no real token in any of the {len(empty)} samples; expected 1 (or a length) for each "
+                            f"real token. Check the file's 'text_bert' (token ids, attention mask, segment ids)")
+        if empty.any():
+            warn(f"{where}: {int(empty.sum())} of {len(empty)} samples have no real text token"
+                 f"{' (and so no real audio/vision frame: the data is aligned)' if split['aligned'] else ''}; "
+                 f"the model sees only padding for them. First: '{split['id'][int(np.argmax(empty))]}'")
 
 
 # ----------------------------------------------------------------------------
@@ -330,6 +428,7 @@ def load_dataset(name="synthetic", data_path=None, data_dir="data", unaligned=Fa
     del raw
     if text_features is not None:
         swap_text(splits, text_features)
+    check_splits(splits, source)
     bad = {k: sum(s["nonfinite"][k] for s in splits.values()) for k in MODALITIES}
     if verbose and any(bad.values()):
         print(f"data: replaced non-finite values with 0: " +

@@ -1,5 +1,7 @@
 """data.py: both pickle schemas, masks, clean-up, text swap, synthetic data, every bad input."""
+import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -215,6 +217,19 @@ def test_not_a_pickle_is_reported(tmp_path):
     (lambda r: r["valid"].update(vision=np.zeros((2, 8, 4))), r"\[valid\]: sample counts differ.*'vision': 2"),
     (lambda r: r["train"]["regression_labels"].__setitem__(1, np.nan), r"\[train\]: 1 non-finite labels"),
     (lambda r: r.update(test={k: v[:0] for k, v in r["test"].items()}), r"\[test\]: the split is empty"),
+    # every per-sample array has the split's N (the Dataset takes its length from 'id')
+    (lambda r: r["train"].update(id=r["train"]["id"][:2]), r"\[train\]: sample counts differ.*'id': 2"),
+    (lambda r: r["test"].update(id=r["test"]["id"][:3]), r"\[test\]: sample counts differ.*'id': 3"),
+    (lambda r: r["valid"].update(id=np.concatenate([r["valid"]["id"]] * 2)), r"\[valid\]: sample counts differ.*'id': 6"),
+    (lambda r: r["train"].update(audio_lengths=[3, 3]), r"\[train\]: sample counts differ.*'audio_lengths': 2"),
+    (lambda r: r["test"].update(text_bert=r["test"]["text_bert"][:1]), r"\[test\]: sample counts differ.*'text_bert': 1"),
+    # broken content
+    (lambda r: r["train"]["regression_labels"].__setitem__(0, 50), r"\[train\]: 1 of 6 'regression_labels' lie outside \[-3, 3\]"),
+    (lambda r: r["valid"].update(regression_labels=np.array(["positive"] * 3)),
+     r"\[valid\]: 'regression_labels' is not numeric \(could not convert string to float"),
+    (lambda r: r["test"]["text_bert"][:, 1].__setitem__(slice(None), 0), r"\[test\]: the text mask .* marks no real token"),
+    (lambda r: r["valid"].update(audio=np.ones((3, 8, 5))),
+     r"feature widths differ between splits: train \{'text': 12, 'audio': 3, 'vision': 4\}, valid \{.*'audio': 5"),
 ])
 def test_bad_file_content_gets_a_clear_message(tmp_path, breakage, message):
     rng = np.random.default_rng(0)
@@ -232,6 +247,78 @@ def test_lengths_longer_than_the_sequence_are_rejected(tmp_path):
     (tmp_path / "bad.pkl").write_bytes(pickle.dumps(raw))
     with pytest.raises(DataError, match=r"lengths range 30..30, expected 0..20"):
         load_dataset(data_path=str(tmp_path / "bad.pkl"))
+
+
+def test_fractional_lengths_are_rejected_not_truncated(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = {s: mmsa_split(n, rng, len_a=20, len_v=15) for s, n in SIZES.items()}
+    raw["valid"]["vision_lengths"] = np.array([2.5, 3.0, 4.0])
+    (tmp_path / "bad.pkl").write_bytes(pickle.dumps(raw))
+    with pytest.raises(DataError, match=r"\[valid\] 'vision_lengths': 1 lengths are not whole numbers \(first: 2.5 at index 0\)"):
+        load_dataset(data_path=str(tmp_path / "bad.pkl"))
+
+
+@pytest.mark.parametrize("breakage, warning", [
+    (lambda r: r["test"]["vision"].__setitem__(Ellipsis, 0), r"\[test\]: 'vision' is zero everywhere \(128 values\)"),
+    (lambda r: r["valid"]["audio"].__setitem__(Ellipsis, np.nan), r"\[valid\]: 'audio' is non-finite everywhere \(72 values"),
+    (lambda r: r["train"]["text_bert"].__setitem__(([0, 3], 1), 0),
+     r"\[train\]: 2 of 6 samples have no real text token \(and so no real audio/vision frame.*First: 'vid0\$_\$1'"),
+])
+def test_content_a_model_cannot_learn_from_is_warned_with_a_count(tmp_path, capsys, breakage, warning):
+    rng = np.random.default_rng(0)
+    raw = {s: mmsa_split(n, rng) for s, n in SIZES.items()}
+    breakage(raw)
+    (tmp_path / "odd.pkl").write_bytes(pickle.dumps(raw))
+    load_dataset(data_path=str(tmp_path / "odd.pkl"), verbose=False)     # verbose=False silences info, not warnings
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and re.search(warning, err), err
+
+
+class Payload:
+    """What a hostile pickle does: have the unpickler call a function of its choice."""
+
+    def __init__(self, call, args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("where", ["data", "text-features"])
+@pytest.mark.parametrize("call, name", [(exec, "builtins.exec"), (os.system, "posix.system")])
+def test_pickle_payload_is_refused_by_name_and_never_executed(tmp_path, capsys, where, call, name):
+    marker = tmp_path / "pwned"
+    args = (f"open({str(marker)!r}, 'w')",) if call is exec else (f"touch {marker}",)
+    path, raw = mmsa_pickle(tmp_path)
+    swap = {s: {"text": np.ones((n, 8, 30))} for s, n in SIZES.items()}
+    (raw if where == "data" else swap)["valid"]["id"] = Payload(call, args)
+    (tmp_path / "mmsa.pkl").write_bytes(pickle.dumps(raw))
+    (tmp_path / "swap.pkl").write_bytes(pickle.dumps(swap))
+    with pytest.raises(DataError, match=rf"refused to load: the pickle asks for '{name}'"):
+        load_dataset(data_path=str(path), text_features=str(tmp_path / "swap.pkl"))
+    assert data.main(["--summary", "--data-path", str(path)]) == (2 if where == "data" else 0)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and (name in err) == (where == "data")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("numpy_names", ["numpy._core", "numpy.core"])
+def test_pickles_of_numpy_1_and_2_load_with_every_protocol(tmp_path, protocol, numpy_names):
+    path, raw, _ = mult_pickle(tmp_path)                    # bytes ids, float64 arrays, NaN
+    mmsa, _ = mmsa_pickle(tmp_path)                         # str ids, float32 arrays, lists of numpy ints
+    for source in (path, mmsa):
+        raw = pickle.loads(source.read_bytes())
+        raw["train"]["extra"] = [np.float32(1.5), np.int64(2), {1, 2}, (b"x", 1j, True, None)]
+        blob = pickle.dumps(raw, protocol=protocol)
+        if numpy_names == "numpy.core":     # as numpy 1.x writes them (protocol 2: names as plain text)
+            if protocol != 2:
+                pytest.skip("numpy 1.x names are only rewritten in protocol 2, where they are plain text")
+            blob = blob.replace(b"numpy._core.", b"numpy.core.")
+            assert b"numpy.core.multiarray" in blob
+        source.write_bytes(blob)
+        ds = load_dataset(data_path=str(source), verbose=False)
+        assert len(ds["train"]) == 6 and np.isfinite(ds["train"].tensors["audio"].numpy()).all()
 
 
 def test_synthetic_is_deterministic_and_seed_dependent():
