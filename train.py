@@ -15,7 +15,9 @@ Output folder (--out): results.json, and per seed best.pt / last.pt
 figures (learning curves, predicted vs true, token weights).
 """
 import argparse
+import contextlib
 import csv
+import fcntl
 import json
 import math
 import os
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import MODALITIES, DataError, load_dataset
+from data import MODALITIES, DataError, load_dataset, warn
 from miar import MIAR, MIARConfig, count_parameters
 
 # ----------------------------------------------------------------------------
@@ -164,8 +166,13 @@ def evaluate(model, dataset, batch_size, device, drop=()):
 
 def save_checkpoint(path, **state):
     tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)    # atomic: a crash never leaves half a checkpoint
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)    # atomic: a crash never leaves half a checkpoint
+    except BaseException:        # Ctrl-C included: leave no temporary behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def load_checkpoint(path):
@@ -176,9 +183,20 @@ def load_checkpoint(path):
     except Exception as e:     # torch raises many types for a bad file
         raise DataError(f"{path} is not a MIAR checkpoint ({type(e).__name__}: {str(e)[:200]})")
     missing = {"model", "config", "stats", "data", "modalities"} - set(ckpt) if isinstance(ckpt, dict) else {"everything"}
+    if not missing and isinstance(ckpt["data"], dict):
+        missing = {f"data.{k}" for k in DATA_FLAGS + ("normalize",) if k not in ckpt["data"]}
     if missing:
         raise DataError(f"{path} is not a MIAR checkpoint: missing {sorted(missing)}")
     return ckpt
+
+
+def checkpoint_config(ckpt, path):
+    """The checkpoint's MIARConfig, or a DataError saying why it is not one."""
+    try:
+        return MIARConfig(**ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: its model config does not fit this MIAR ({e}); "
+                        f"it was written by another version of miar.py") from None
 
 
 def stats_to_tensors(stats):
@@ -283,10 +301,16 @@ def train_seed(args, config, datasets, seed, device, run_dir, resume=None):
     return result
 
 
+DATA_FLAGS = ("dataset", "data_path", "data_dir", "unaligned", "text_features", "synthetic_size")
+PATH_FLAGS = ("data_path", "data_dir", "text_features", "out")
+TRAINING_FLAGS = ("batch_size", "lr", "weight_decay", "patience", "grad_clip")
+
+
 def data_args(args):
-    """The data flags a checkpoint needs to rebuild its data alone."""
-    return {k: getattr(args, k) for k in ("dataset", "data_path", "data_dir", "unaligned", "text_features",
-                                          "normalize", "synthetic_size")}
+    """The data flags a checkpoint needs to rebuild its data alone, paths absolute (so that
+    --eval-only works from any folder)."""
+    values = {k: getattr(args, k) for k in DATA_FLAGS + ("normalize",)}
+    return {k: os.path.abspath(v) if k in PATH_FLAGS and v is not None else v for k, v in values.items()}
 
 
 def write_predictions(path, ids, label, pred, weights):
@@ -295,6 +319,159 @@ def write_predictions(path, ids, label, pred, weights):
         w.writerow(["id", "label", "prediction", "w_text", "w_audio", "w_vision", "w_joint"])
         for row in zip(ids, label, pred, *weights.T):
             w.writerow([row[0]] + [f"{v:.5f}" for v in row[1:]])
+
+
+# ----------------------------------------------------------------------------
+# The output folder: results.json merged seed by seed, so that nothing finished is lost to a
+# Ctrl-C, a later run with other seeds, or a second run writing into the same --out at once
+
+RESULTS, LOCK = "results.json", "results.json.lock"
+MAX_SEED = 2**32 - 1    # numpy's seed range
+
+
+def read_results(path):
+    """An output folder's results.json, or None where there is none; anything else is an error."""
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a folder; expected the run's results file there. Move it away or pick another --out")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            results = json.load(f)
+        if not isinstance(results.get("seeds"), dict):
+            raise ValueError("no 'seeds'")
+    except (ValueError, AttributeError, OSError) as e:    # ValueError: not JSON, not text
+        raise DataError(f"{path} is not a results.json written by train.py ({type(e).__name__}: {e}); "
+                        f"move it away or pick another --out") from None
+    return results
+
+
+def prepare_out(out):
+    """--out checked before any data is read: a folder we can write to, with no results.json or a
+    readable one (which is returned)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"--out {out} is a file; expected a folder (it is created when missing)")
+    try:
+        os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, LOCK), "a").close()
+    except OSError as e:
+        raise DataError(f"--out {out} cannot be written ({e.strerror}); pick a folder you can write to") from None
+    return read_results(os.path.join(out, RESULTS))
+
+
+@contextlib.contextmanager
+def results_lock(out):
+    """Held while results.json is read, merged and replaced (milliseconds), so that two runs into
+    one --out (other seeds, in other processes or on other GPUs) never lose each other's seeds.
+    flock is released when the file closes, and by the kernel when a process dies."""
+    with open(os.path.join(out, LOCK), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def claim_seeds(out, seeds):
+    """Hold seed_<seed>.lock for each seed of this run until it ends: the same seed trained twice at
+    once into one folder would overwrite its own checkpoints, so the second run is refused."""
+    claims = []
+    for seed in seeds:
+        f = open(os.path.join(out, f"seed_{seed}.lock"), "a")
+        claims.append(f)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            for c in claims:
+                c.close()
+            raise DataError(f"seed {seed} is being trained right now by another run into {out} ({f.name} is "
+                            f"held); wait for it to end, or pick other --seeds or another --out") from None
+    return claims
+
+
+def run_record(args, config):
+    """results.json's 'config': what actually ran. The model as built, and the data (absolute paths)
+    and training flags in effect, which after --resume are the checkpoint's, whatever the defaults say."""
+    return {"model": asdict(config), "args": {**data_args(args), **{k: getattr(args, k) for k in TRAINING_FLAGS},
+                                              "modalities": list(args.modalities)}}
+
+
+def check_results(results, record, seeds, path):
+    """Refuse to add seeds to a results.json whose other seeds ran another configuration: the mean
+    over seeds would average two experiments. Names every difference."""
+    others = sorted(set(results["seeds"]) - {str(s) for s in seeds}) if results else []
+    if not others:
+        return
+    record, had = json.loads(json.dumps(record)), results.get("config") or {}     # lists, not tuples
+    diff = [f"{part}.{k}: {had[part].get(k, '(missing)')!r} there, {v!r} here" if isinstance(had.get(part), dict)
+            else f"{part}: missing there" for part in ("model", "args") for k, v in record[part].items()
+            if not isinstance(had.get(part), dict) or had[part].get(k) != v]
+    if diff:
+        raise DataError(f"{path} holds seeds {others} of another configuration ({'; '.join(dict.fromkeys(diff))}); "
+                        f"this run's seeds would be averaged with them. Pick another --out, or the flags of those seeds")
+
+
+def without_nan(obj, found, where="results"):
+    """obj with every non-finite float as None (JSON null; a bare NaN is not JSON); where they were goes to `found`."""
+    if isinstance(obj, dict):
+        return {k: without_nan(v, found, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [without_nan(v, found, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found.append(where)
+        return None
+    return obj
+
+
+def write_json(path, obj):
+    """Atomically, like save_checkpoint: readers see the old file or the new one, never half of one."""
+    tmp = f"{path}.{os.getpid()}.tmp"      # per process: two runs may write at once
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_results(out, seed, result, record):
+    """Merge one finished seed into out/results.json (under the lock: another run may have added its
+    seeds since this one started) and recompute the mean and std over all seeds there. Undefined
+    metrics (NaN: Corr of a constant prediction, non-0 scores when every label is 0) become null."""
+    path = os.path.join(out, RESULTS)
+    with results_lock(out):
+        results = read_results(path) or {"seeds": {}}
+        check_results(results, record, [seed], path)
+        results["seeds"][str(seed)] = result
+        tests = [r["test"] for r in results["seeds"].values()]
+        values = {k: [math.nan if t.get(k) is None else t[k] for t in tests] for k in METRIC_NAMES}
+        results["test_mean"] = {k: float(np.mean(v)) for k, v in values.items()}
+        results["test_std"] = {k: float(np.std(v)) for k, v in values.items()}
+        results["config"] = record
+        nans = []
+        write_json(path, without_nan(results, nans))
+    if nans:
+        warn(f"{len(nans)} metric(s) are undefined (NaN) and were written as null to {path}: {', '.join(nans)}. "
+             f"Corr is undefined for a constant prediction, Acc-2/F1 non-0 when every label is 0")
+    return results
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; the message says what was kept and how to go on."""
+
+
+def interrupted(out, seed, seeds, started):
+    """What a Ctrl-C during `seed` leaves: the finished seeds in results.json, and the command that goes on."""
+    results = read_results(os.path.join(out, RESULTS))
+    kept = f"{os.path.join(out, RESULTS)} keeps the finished seeds {sorted(results['seeds'])}" if results else \
+        "no seed had finished, so there is no results.json"
+    last = os.path.join(os.path.abspath(out), f"seed_{seed}", "last.pt")
+    rest = seeds[seeds.index(seed) + 1:]
+    if os.path.isfile(last) and os.path.getmtime(last) >= started:     # written by this run, not an older one
+        how = f"Go on with:\n  python train.py --resume {last}" + (f"\n(it then trains seeds {rest})" if rest else "")
+    else:
+        how = (f"Seed {seed} stopped before its first epoch ended, so nothing of it was saved; run the same "
+               f"command again with --seeds {' '.join(str(s) for s in [seed, *rest])}")
+    return f"interrupted during seed {seed}; {kept}. {how}"
 
 
 # ----------------------------------------------------------------------------
@@ -344,10 +521,12 @@ TABLE = [("Acc-2 has-0/non-0", ("acc2_has0", "acc2_non0")), ("F1 has-0/non-0", (
 def format_row(mean, std=None):
     """The field's columns: accuracies and F1 in %, MAE and Corr as fractions."""
     cells = []
+    nan = lambda v: math.nan if v is None else v     # results.json writes an undefined metric as null
     for _, keys in TABLE:
         scale = 1 if keys[0] in ("mae", "corr") else 100
         fmt = "{:.3f}" if scale == 1 else "{:.2f}"
-        parts = [fmt.format(mean[k] * scale) + (f"±{fmt.format(std[k] * scale)}" if std is not None else "") for k in keys]
+        parts = [fmt.format(nan(mean[k]) * scale) + (f"±{fmt.format(nan(std[k]) * scale)}" if std is not None else "")
+                 for k in keys]
         cells.append(" / ".join(parts))
     return " | ".join(cells)
 
@@ -469,10 +648,16 @@ def parse_args(argv):
     """Parse and check the command line; a bad value ends with one argparse error line."""
     p = build_parser()
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "seeds"):
-        values = getattr(args, name) if name == "seeds" else [getattr(args, name)]
-        if name != "seeds" and min(values) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {values[0]}")
+    for action in p._actions:      # float() accepts 'inf' and 'nan'; no flag means them
+        if action.type is float and not math.isfinite(getattr(args, action.dest)):
+            p.error(f"{action.option_strings[0]} must be a finite number, got {getattr(args, action.dest)}")
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not all(0 <= s <= MAX_SEED for s in args.seeds) or len(set(args.seeds)) < len(args.seeds):
+        p.error(f"--seeds must be different whole numbers from 0 to {MAX_SEED} (numpy's seed range), got {args.seeds}")
+    if sum(map(bool, (args.resume, args.eval_only, args.compare))) > 1:
+        p.error("--resume, --eval-only and --compare are separate modes; give one of them")
     if args.drop_modality and not args.eval_only:
         p.error("--drop-modality applies to --eval-only; a training run already reports test metrics without "
                 "each modality (results.json 'test_drop'); to train without one, use --modalities")
@@ -485,7 +670,34 @@ def parse_args(argv):
     if args.out is None:
         args.out = os.path.join("runs", args.dataset if args.data_path is None else
                                 os.path.splitext(os.path.basename(args.data_path))[0])
+    # which flags were given (not defaulted): --resume and --eval-only refuse those the checkpoint decides
+    quiet = build_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    names = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings}
+    args.given = {dest: names[dest] for dest in vars(quiet.parse_args(argv))}
     return args
+
+
+def refuse_conflicts(args, ckpt, path, allowed, resume):
+    """Flags given on the command line that the checkpoint decides are named and refused, never
+    ignored: a --resume continues the run as it was started, an --eval-only evaluates the model as trained."""
+    had = {**ckpt.get("args", {}), **ckpt["data"], **ckpt["config"], "modalities": ckpt["modalities"]}
+    if resume:                     # a last.pt: the run's folder is the one it lies in
+        had["out"] = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    conflicts = []
+    for dest, flag in getattr(args, "given", {}).items():
+        mine, theirs = getattr(args, dest), had.get(dest, "(not used)")
+        if dest in allowed or (mine == theirs if dest not in PATH_FLAGS or mine is None or theirs is None
+                               else os.path.abspath(mine) == os.path.abspath(theirs)):
+            continue
+        value = "" if isinstance(mine, bool) else " " + " ".join(map(str, mine if isinstance(mine, list) else [mine]))
+        conflicts.append(f"{flag}{value} (checkpoint: {theirs})")
+    if conflicts:
+        mode = "--resume continues the run as it was started" if resume else \
+            "--eval-only evaluates the model as trained (it takes data flags, --batch-size and --drop-modality)"
+        raise DataError(f"{path}: {mode}; these flags conflict with it: {', '.join(conflicts)}. Leave them out"
+                        + (", or start a new run without --resume" if resume else ""))
 
 
 def model_config(args, dims):
@@ -502,27 +714,59 @@ def pick_device(name):
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
+def load_resume(args):
+    """The last.pt of --resume, checked whole before any data is read; args become the run's own."""
+    ckpt = load_checkpoint(args.resume)
+    if "optimizer" not in ckpt:
+        raise DataError(f"{args.resume} is a best.pt; resume from the run's last.pt")
+    missing = [k for k in ("epoch", "history", "best_mae", "bad_epochs", "args", "shuffle_state", "torch_state", "seed")
+               if k not in ckpt] or [f"args.{k}" for k in TRAINING_FLAGS + ("epochs",) if k not in ckpt["args"]]
+    if missing:
+        raise DataError(f"{args.resume} is not a complete last.pt: missing {missing}; start the run again")
+    model = build_model(checkpoint_config(ckpt, args.resume), "cpu", ckpt["model"], args.resume)
+    try:
+        torch.optim.AdamW(model.parameters()).load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise DataError(f"{args.resume}: its optimizer state does not fit its model ({e}); start the run again") from None
+    refuse_conflicts(args, ckpt, args.resume, allowed=("resume", "epochs", "device"), resume=True)
+    for k, v in {**ckpt["config"], **ckpt["data"], **{k: ckpt["args"][k] for k in TRAINING_FLAGS}}.items():
+        if hasattr(args, k):      # the data, model and training the run was started with
+            setattr(args, k, v)
+    if "epochs" not in getattr(args, "given", {}):
+        args.epochs = ckpt["args"]["epochs"]
+    args.modalities = ckpt["modalities"]
+    args.out = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))
+    return ckpt
+
+
 def run(args):
     if args.compare:
         return compare_runs(args.compare)
     device = pick_device(args.device)
     if args.eval_only:
         return eval_only(args, device)
-    resume = load_checkpoint(args.resume) if args.resume else None
-    if resume is not None:
-        if "optimizer" not in resume:
-            raise DataError(f"{args.resume} is a best.pt; resume from the run's last.pt")
-        for k, v in resume["data"].items():     # the data and model the run was started with
-            setattr(args, k, v)
-        for k in ("batch_size", "lr", "weight_decay", "patience", "grad_clip"):   # same training as started
-            setattr(args, k, resume["args"][k])
-        args.seeds, args.modalities = [resume["seed"]], resume["modalities"]
-        args.out = os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))
+    resume = load_resume(args) if args.resume else None
+    results = prepare_out(args.out)
+    if resume is not None:    # its seed, then the seeds after it in the command it came from that have no result yet
+        seed, seeds = resume["seed"], resume["args"].get("seeds", [resume["seed"]])
+        later = seeds[seeds.index(seed) + 1:] if seed in seeds else []
+        args.seeds = [seed] + [s for s in later if str(s) not in (results or {"seeds": {}})["seeds"]]
+    claims = claim_seeds(args.out, args.seeds)
+    try:
+        return train_seeds(args, device, resume)
+    finally:
+        for claim in claims:
+            claim.close()
+
+
+def train_seeds(args, device, resume):
+    """Load the data, build the model (or take the checkpoint's) and train each seed, merging its
+    result into results.json as soon as it is done."""
     datasets = load_dataset(args.dataset, args.data_path, args.data_dir, args.unaligned,
                             args.text_features, args.normalize, synthetic_size=args.synthetic_size)
     dims = datasets["train"].dims
     if resume is not None:
-        config = MIARConfig(**resume["config"])
+        config = checkpoint_config(resume, args.resume)
         check_dims(config, datasets, args.resume)
     else:
         config = model_config(args, dims)
@@ -530,40 +774,46 @@ def run(args):
           f"widths {dims} | lengths {datasets['train'].lengths}")
     print(f"model: MIAR with {count_parameters(MIAR(config)):,} parameters on {device} | {config}")
 
-    os.makedirs(args.out, exist_ok=True)
-    results_path = os.path.join(args.out, "results.json")
-    results = json.load(open(results_path)) if resume is not None and os.path.isfile(results_path) else {"seeds": {}}
+    record = run_record(args, config)
+    results_path = os.path.join(args.out, RESULTS)
+    check_results(read_results(results_path), record, args.seeds, results_path)   # before any training
     for seed in args.seeds:
-        run_dir = os.path.join(args.out, f"seed_{seed}")
-        results["seeds"][str(seed)] = train_seed(args, config, datasets, seed, device, run_dir, resume)
-        r = results["seeds"][str(seed)]
+        run_dir, started = os.path.join(args.out, f"seed_{seed}"), time.time()
+        try:
+            r = train_seed(args, config, datasets, seed, device, run_dir,
+                           resume if resume is not None and seed == resume["seed"] else None)
+            results = save_results(args.out, seed, {**r, "max_epochs": args.epochs}, record)   # after every seed
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted(args.out, seed, args.seeds, started)) from None
         print_table(f"seed {seed}: test (best valid epoch {r['best_epoch']})", r["test"])
         print("  without a modality (test MAE / Acc-2 non-0): " + ", ".join(
             f"-{m} {v['mae']:.3f} / {100 * v['acc2_non0']:.2f}" for m, v in r["test_drop"].items()))
-    tests = [r["test"] for r in results["seeds"].values()]
-    results["test_mean"] = {k: float(np.mean([t[k] for t in tests])) for k in METRIC_NAMES}
-    results["test_std"] = {k: float(np.std([t[k] for t in tests])) for k in METRIC_NAMES}
-    results["config"] = {"model": asdict(config), "args": {k: v for k, v in vars(args).items()}}
-    with open(results_path, "w") as f:
-        json.dump(results, f, indent=1)
-    print_table(f"test, mean ± std over {len(tests)} seed(s) {sorted(results['seeds'])}",
+    print_table(f"test, mean ± std over {len(results['seeds'])} seed(s) {sorted(results['seeds'])}",
                 results["test_mean"], results["test_std"])
     print(f"wrote {results_path}")
     return results
 
 
 def eval_only(args, device):
-    """Evaluate a checkpoint on the data it was trained on (its own normalisation statistics)."""
+    """Evaluate a checkpoint on the data it was trained on, or on the data that data flags name
+    (--dataset / --data-path ...: cross-dataset evaluation, same widths needed); always with the
+    checkpoint's own normalisation statistics."""
     ckpt = load_checkpoint(args.eval_only)
-    config = MIARConfig(**ckpt["config"])
-    d = ckpt["data"]
+    config = checkpoint_config(ckpt, args.eval_only)
+    refuse_conflicts(args, ckpt, args.eval_only, allowed=DATA_FLAGS + ("eval_only", "device", "batch_size", "drop_modality"),
+                     resume=False)
+    d, given = dict(ckpt["data"]), getattr(args, "given", {})
+    if "dataset" in given or "data_path" in given:    # other data: none of the checkpoint's files apply
+        d.update(data_path=None, text_features=None)
+    d.update({k: getattr(args, k) for k in DATA_FLAGS if k in given})
     datasets = load_dataset(d["dataset"], d["data_path"], d["data_dir"], d["unaligned"], d["text_features"],
                             d["normalize"], stats=stats_to_numpy(ckpt["stats"]), synthetic_size=d["synthetic_size"])
     check_dims(config, datasets, args.eval_only)
     model = build_model(config, device, ckpt["model"], args.eval_only)
     drop = sorted(set(args.drop_modality) | {m for m in MODALITIES if m not in ckpt["modalities"]})
     results = {split: evaluate(model, datasets[split], args.batch_size, device, drop) for split in ("valid", "test")}
-    print_table(f"{args.eval_only}: test" + (f" without {', '.join(drop)}" if drop else ""), results["test"])
+    print_table(f"{args.eval_only} on {datasets['test'].source}: test" + (f" without {', '.join(drop)}" if drop else ""),
+                results["test"])
     return results
 
 
@@ -574,6 +824,12 @@ def main(argv=None):
     except (DataError, ValueError) as e:    # ValueError: compute_metrics on a diverged model
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130                          # the shell's code for Ctrl-C
+    except KeyboardInterrupt:
+        print("\ninterrupted before training started; no results were written", file=sys.stderr)
+        return 130
     return 0
 
 

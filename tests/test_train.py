@@ -1,4 +1,5 @@
 """train.py: the field's metrics by hand, and the CLI end to end on a tiny synthetic set."""
+import fcntl
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import torch
 import data
 import train
 from miar import MIAR, MIARConfig
+from test_data import mmsa_pickle
 from train import compute_metrics, main
 
 TINY = ["--dataset", "synthetic", "--synthetic-size", "tiny", "--d-model", "16", "--batch-size", "16"]
@@ -215,6 +217,11 @@ def test_help_documents_every_flag_with_its_default():
     (["--lr", "-1"], "need --lr > 0"),
     (["--drop-modality", "audio"], "--drop-modality applies to --eval-only"),
     (["--eval-only", "x.pt", "--drop-modality", "smell"], "invalid choice: 'smell'"),
+    (["--seeds", "-5"], "--seeds must be different whole numbers from 0 to 4294967295"),
+    (["--seeds", "1111", "1111"], "--seeds must be different whole numbers"),
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--dropout", "nan"], "--dropout must be a finite number, got nan"),
+    (["--resume", "a.pt", "--eval-only", "b.pt"], "separate modes"),
 ])
 def test_argparse_rejects_bad_values(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -291,3 +298,197 @@ def test_compare_pairs_seeds_with_the_first_run(tmp_path, capsys):
     (tmp_path / "no_corr" / "results.json").write_text(json.dumps(r))
     assert main(["--compare", str(tmp_path / "no_corr")]) == 2
     assert "KeyError: 'corr'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- safety: results, interruption, concurrency
+
+def seeds_in(out):
+    return sorted(json.loads((out / "results.json").read_text())["seeds"])
+
+
+def test_a_later_run_into_the_same_folder_adds_its_seeds(tmp_path):
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert main(TINY + ["--epochs", "1", "--seeds", "1112", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(results["seeds"]) == ["1111", "1112"]
+    maes = [results["seeds"][s]["test"]["mae"] for s in ("1111", "1112")]
+    assert results["test_mean"]["mae"] == pytest.approx(np.mean(maes))
+    # the config that ran: model flags live in config.model only; no --out, --seeds or --resume
+    assert results["config"]["model"]["d_model"] == 16 and "d_model" not in results["config"]["args"]
+    assert not {"seeds", "out", "resume", "given"} & set(results["config"]["args"])
+    assert results["config"]["args"]["data_path"] is None and results["seeds"]["1112"]["max_epochs"] == 1
+
+
+def test_a_run_of_another_config_into_the_same_folder_is_refused_before_training(tmp_path, capsys):
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
+    before = (tmp_path / "results.json").read_text()
+    assert main(TINY + ["--epochs", "1", "--seeds", "1112", "--lambda-con", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds seeds ['1111'] of another configuration (model.lambda_con: 0.1 there, 0.0 here)" in err
+    assert not (tmp_path / "seed_1112").exists() and (tmp_path / "results.json").read_text() == before
+    # the same seed again replaces itself (a rerun), whatever the config
+    assert main(TINY + ["--epochs", "1", "--lambda-con", "0", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["model"]["lambda_con"] == 0
+
+
+def test_ctrl_c_keeps_finished_seeds_removes_temporaries_and_resume_goes_on(tmp_path, monkeypatch, capsys):
+    save, count = torch.save, []
+
+    def save_then_ctrl_c(obj, path):       # Ctrl-C between writing last.pt.tmp and renaming it, epoch 2 of seed 1112
+        save(obj, path)
+        if str(path).endswith(os.path.join("seed_1112", "last.pt.tmp")):
+            count.append(path)
+            if len(count) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", save_then_ctrl_c)
+    out = tmp_path / "run"
+    assert main(TINY + ["--epochs", "2", "--seeds", "1111", "1112", "1113", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    last = out.resolve() / "seed_1112" / "last.pt"
+    assert "Traceback" not in err and "interrupted during seed 1112" in err and "keeps the finished seeds ['1111']" in err
+    assert f"python train.py --resume {last}" in err and "(it then trains seeds [1113])" in err
+    assert seeds_in(out) == ["1111"] and not list(out.rglob("*.tmp"))
+    monkeypatch.setattr(torch, "save", save)
+    assert main(["--resume", str(last)]) == 0          # seed 1112 from epoch 1, then 1113; --epochs from the run
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results["seeds"]) == ["1111", "1112", "1113"]
+    assert results["seeds"]["1112"]["epochs"] == 2 and results["seeds"]["1113"]["max_epochs"] == 2
+
+
+def test_ctrl_c_before_the_first_epoch_says_to_run_the_seeds_again(tmp_path, monkeypatch, capsys):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "evaluate", ctrl_c)
+    assert main(TINY + ["--epochs", "1", "--seeds", "7", "8", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "no seed had finished" in err and "run the same command again with --seeds 7 8" in err
+    assert "Traceback" not in err
+
+
+def test_two_runs_into_one_folder_at_once_keep_both_seeds_and_refuse_the_same_seed(tmp_path, monkeypatch, capsys):
+    """While run A trains seed 1111, run B trains 1112 into the same folder and run C asks for 1111 again.
+    A's results.json must keep B's seed; C must be refused. (flock is per open file, so the runs can
+    share this process: the test is deterministic.)"""
+    train_seed, others = train.train_seed, []
+
+    def train_seed_while_others_run(args, config, datasets, seed, *rest):
+        if seed == 1111 and not others:
+            others.append(main(TINY + ["--epochs", "1", "--seeds", "1112", "--out", str(tmp_path)]))
+            others.append(main(TINY + ["--epochs", "1", "--seeds", "1111", "--out", str(tmp_path)]))
+            assert seeds_in(tmp_path) == ["1112"]
+        return train_seed(args, config, datasets, seed, *rest)
+
+    monkeypatch.setattr(train, "train_seed", train_seed_while_others_run)
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert others == [0, 2]
+    assert "seed 1111 is being trained right now by another run" in capsys.readouterr().err
+    assert seeds_in(tmp_path) == ["1111", "1112"]
+
+
+def test_results_json_is_replaced_under_the_lock_and_never_holds_nan(tmp_path, monkeypatch, capsys):
+    write_json, held = train.write_json, []
+
+    def write_checking_the_lock(path, obj):
+        with open(tmp_path / "results.json.lock") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(path)
+        write_json(path, obj)
+
+    metrics = train.compute_metrics
+    monkeypatch.setattr(train, "write_json", write_checking_the_lock)
+    monkeypatch.setattr(train, "compute_metrics", lambda p, y: {**metrics(p, y), "corr": math.nan})
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert held == [str(tmp_path / "results.json")]
+    text = (tmp_path / "results.json").read_text()
+    results = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in results.json"))
+    assert results["seeds"]["1111"]["test"]["corr"] is None and results["test_mean"]["corr"] is None
+    err = capsys.readouterr().err
+    assert "warning: 7 metric(s) are undefined (NaN) and were written as null" in err
+    assert "results.seeds.1111.test.corr" in err
+    assert main(["--compare", str(tmp_path)]) == 0 and "nan" in capsys.readouterr().out
+
+
+def test_resume_refuses_flags_that_conflict_with_the_checkpoint_and_records_what_ran(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(TINY + ["--epochs", "1", "--lambda-con", "0.3", "--lr", "0.002", "--out", str(out)]) == 0
+    last = str(out / "seed_1111" / "last.pt")
+    assert main(["--resume", last, "--d-model", "32", "--lambda-con", "0.1", "--data-path", "other.pkl",
+                 "--out", str(tmp_path / "elsewhere")]) == 2
+    err = capsys.readouterr().err
+    for named in ("--d-model 32 (checkpoint: 16)", "--lambda-con 0.1 (checkpoint: 0.3)",      # 0.1: the default, given
+                  "--data-path other.pkl (checkpoint: None)", f"--out {tmp_path / 'elsewhere'} (checkpoint: {out})"):
+        assert named in err, named
+    assert "Traceback" not in err and not (tmp_path / "elsewhere").exists()
+    assert main(["--resume", last, "--lambda-con", "0.3", "--out", str(out), "--device", "cpu"]) == 0   # agreeing flags
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["model"]["lambda_con"] == 0.3 and results["config"]["args"]["lr"] == 0.002
+    assert results["seeds"]["1111"]["max_epochs"] == 1        # the run's --epochs, not the default 40
+
+
+def test_eval_only_evaluates_other_data_with_the_checkpoint_statistics(tmp_path, capsys):
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
+    ckpt = str(tmp_path / "seed_1111" / "best.pt")
+    other = tmp_path / "other.pkl"                     # the same widths, other utterances
+    assert data.main(["--write-synthetic", str(other), "--size", "tiny", "--seed", "5"]) == 0
+    capsys.readouterr()
+    own = train.run(train.parse_args(["--eval-only", ckpt]))["test"]
+    cross = train.run(train.parse_args(["--eval-only", ckpt, "--data-path", str(other)]))["test"]
+    assert cross != own and f"on {other}: test" in capsys.readouterr().out
+    narrow, _ = mmsa_pickle(tmp_path, name="narrow.pkl")     # widths 12 / 3 / 4
+    assert main(["--eval-only", ckpt, "--data-path", str(narrow)]) == 2
+    assert "has 12 features but the normalisation statistics have 32" in capsys.readouterr().err
+    assert main(["--eval-only", ckpt, "--lr", "0.1", "--seeds", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.1 (checkpoint: (not used))" in err and "--seeds 5" in err
+
+
+def test_checkpoint_stores_an_absolute_data_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert data.main(["--write-synthetic", "s.pkl", "--size", "tiny"]) == 0
+    assert main(["--data-path", "s.pkl", "--d-model", "16", "--epochs", "1", "--out", "run"]) == 0
+    ckpt = train.load_checkpoint("run/seed_1111/best.pt")
+    assert ckpt["data"]["data_path"] == str(tmp_path / "s.pkl")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["--eval-only", "../run/seed_1111/best.pt"]) == 0
+
+
+def file_at(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("not a folder {")
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda out: file_at(out), "is a file; expected a folder"),
+    (lambda out: file_at(out) / "sub", "cannot be written (Not a directory)"),
+    (lambda out: (out / "results.json").mkdir(parents=True) or out, "results.json is a folder"),
+    (lambda out: file_at(out / "results.json").parent, "is not a results.json written by train.py"),
+])
+def test_output_folder_problems_are_reported_before_any_data_is_read(tmp_path, monkeypatch, capsys, make, message):
+    out = make(tmp_path / "out")
+    monkeypatch.setattr(train, "load_dataset", lambda *a, **k: pytest.fail("data was read before --out was checked"))
+    assert main(TINY + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: c.__setitem__("config", {**c["config"], "d_model": 32}), "does not fit this MIAR"),
+    (lambda c: c.pop("shuffle_state"), "is not a complete last.pt: missing ['shuffle_state']"),
+    (lambda c: c["config"].__setitem__("colour", "red"), "its model config does not fit this MIAR"),
+    (lambda c: c["data"].pop("dataset"), "missing ['data.dataset']"),
+    (lambda c: c["optimizer"]["param_groups"][0].__setitem__("params", [0]), "its optimizer state does not fit"),
+])
+def test_damaged_last_pt_is_reported_before_any_data_is_read(tmp_path, monkeypatch, capsys, damage, message):
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
+    ckpt = train.load_checkpoint(str(tmp_path / "seed_1111" / "last.pt"))
+    damage(ckpt)
+    torch.save(ckpt, tmp_path / "seed_1111" / "last.pt")
+    monkeypatch.setattr(train, "load_dataset", lambda *a, **k: pytest.fail("data was read before the checkpoint was checked"))
+    assert main(["--resume", str(tmp_path / "seed_1111" / "last.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
