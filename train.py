@@ -389,7 +389,13 @@ def claim_seeds(out, seeds):
 def run_record(args, config):
     """results.json's 'config': what actually ran. The model as built, and the data (absolute paths)
     and training flags in effect, which after --resume are the checkpoint's, whatever the defaults say."""
-    return {"model": asdict(config), "args": {**data_args(args), **{k: getattr(args, k) for k in TRAINING_FLAGS},
+    data = data_args(args)
+    # flags that the data source does not read are left out, so that e.g. the same synthetic run
+    # started from another folder (another absolute --data-dir) still merges
+    unread = (("dataset", "data_dir", "unaligned", "synthetic_size") if data["data_path"] is not None else
+              ("data_dir",) if data["dataset"] == "synthetic" else ("synthetic_size",))
+    data = {k: v for k, v in data.items() if k not in unread}
+    return {"model": asdict(config), "args": {**data, **{k: getattr(args, k) for k in TRAINING_FLAGS},
                                               "modalities": list(args.modalities)}}
 
 

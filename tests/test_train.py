@@ -317,6 +317,15 @@ def test_a_later_run_into_the_same_folder_adds_its_seeds(tmp_path):
     assert results["config"]["model"]["d_model"] == 16 and "d_model" not in results["config"]["args"]
     assert not {"seeds", "out", "resume", "given"} & set(results["config"]["args"])
     assert results["config"]["args"]["data_path"] is None and results["seeds"]["1112"]["max_epochs"] == 1
+    assert "data_dir" not in results["config"]["args"]        # synthetic data reads no folder
+
+
+def test_the_same_run_started_from_another_folder_still_merges(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    for cwd, seed in (("a", "1111"), ("b", "1112")):
+        monkeypatch.chdir(tmp_path / cwd)
+        assert main(TINY + ["--epochs", "1", "--seeds", seed, "--out", str(tmp_path / "run")]) == 0
+    assert seeds_in(tmp_path / "run") == ["1111", "1112"]
 
 
 def test_a_run_of_another_config_into_the_same_folder_is_refused_before_training(tmp_path, capsys):
