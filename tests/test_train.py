@@ -501,3 +501,21 @@ def test_damaged_last_pt_is_reported_before_any_data_is_read(tmp_path, monkeypat
     assert main(["--resume", str(tmp_path / "seed_1111" / "last.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_without_nan_replaces_every_non_finite_float_and_says_where():
+    found = []
+    clean = train.without_nan({"a": [1.0, math.nan], "b": {"c": math.inf, "d": "x", "e": 2}}, found)
+    assert clean == {"a": [1.0, None], "b": {"c": None, "d": "x", "e": 2}}
+    assert found == ["results.a[1]", "results.b.c"]
+
+
+def test_check_results_names_each_difference_and_ignores_the_seeds_being_replaced():
+    record = {"model": {"d_model": 64, "tau": 0.1}, "args": {"lr": 0.001, "modalities": ("text",)}}
+    same = {"seeds": {"1": {}}, "config": {"model": {"d_model": 64, "tau": 0.1}, "args": {"lr": 0.001, "modalities": ["text"]}}}
+    train.check_results(same, record, [2], "r.json")                       # tuples and lists agree
+    other = {"seeds": {"1": {}}, "config": {"model": {"d_model": 32, "tau": 0.1}, "args": {"modalities": ["text"]}}}
+    train.check_results(other, record, [1], "r.json")                      # only seed 1 there: it is replaced
+    with pytest.raises(data.DataError, match=r"holds seeds \['1'\] of another configuration \(model.d_model: 32 there, "
+                                             r"64 here; args.lr: '\(missing\)' there, 0.001 here\)"):
+        train.check_results(other, record, [2], "r.json")
