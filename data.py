@@ -254,6 +254,15 @@ def convert_split(raw, name, source):
             out[f"{key}_mask"] = lengths_mask(split[f"{key}_lengths"], out[key].shape[1], f"{where} '{key}_lengths'")
         else:
             out[f"{key}_mask"] = zero_rows_mask(out[key])
+    # A frame whose features are all exactly 0 inside the real length is a sensor that found
+    # nothing (Facet and OpenFace write zero rows where no face was detected): missing evidence,
+    # not a neutral face. Masked like padding, it enters neither the statistics nor the model.
+    out["blank"] = {}
+    for key in ("audio", "vision"):
+        real = out[f"{key}_mask"]
+        blank = real & ~zero_rows_mask(out[key])
+        out["blank"][key] = int(blank.sum())
+        out[f"{key}_mask"] = real & ~blank
     out["aligned"] = aligned
     return out
 
@@ -433,6 +442,10 @@ def load_dataset(name="synthetic", data_path=None, data_dir="data", unaligned=Fa
     if verbose and any(bad.values()):
         print(f"data: replaced non-finite values with 0: " +
               ", ".join(f"{k} {v}" for k, v in bad.items() if v))
+    blank = {k: sum(s["blank"][k] for s in splits.values()) for k in ("audio", "vision")}
+    if verbose and any(blank.values()):
+        print("data: masked frames whose features are all 0 (the sensor found nothing, e.g. no face): " +
+              ", ".join(f"{k} {v}" for k, v in blank.items() if v))
     if normalize:
         stats = stats if stats is not None else fit_stats(splits["train"])
         for name_, split in splits.items():

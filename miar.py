@@ -42,7 +42,8 @@ MODALITIES = ("t", "a", "v")                 # text, audio, vision
 TOKENS = MODALITIES + ("g",)                 # one token per modality, plus the joint token
 OTHERS = {"t": ("a", "v"), "a": ("t", "v"), "v": ("t", "a")}
 POSITION_BASE = 10000.0                      # longest sinusoid wavelength, as in "Attention is all you need"
-QUERY_INIT_STD = 0.02                        # learned queries start small next to the masked means they join
+QUERY_INIT_STD = 0.02                        # learned queries start small next to the pooled frames they join
+VARIANCE_EPS = 1e-5                          # keeps the spread's sqrt differentiable for a one-frame utterance
 
 
 @dataclass
@@ -62,11 +63,17 @@ class MIARConfig:
                                  # masked-mean(H_t), (H_a), (H_v) before the interaction -- see MIAR.objective
     normalize: bool = True       # False drops the LayerNorms of Projection and Fusion (the ablation)
     mlp_ratio: int = 4           # hidden width of the blocks' MLPs, in multiples of d_model
+    pool: str = "stats"          # what a token's query starts from: "stats", the mean, spread and peak of its
+                                 # modality's frames (StatisticsPooling); "mean", their masked mean alone
+    center: bool = True          # audio/vision frames also enter as deviations from their utterance's mean
+    text_dropout: float = 0.3    # dropout on the text features themselves, before their projection
 
     def __post_init__(self):
         checks = [
             ("interaction", self.interaction in ("cross", "self"), "'cross' or 'self'"),
             ("align", self.align in ("tokens", "encoders"), "'tokens' or 'encoders'"),
+            ("pool", self.pool in ("stats", "mean"), "'stats' or 'mean'"),
+            ("text_dropout", 0 <= self.text_dropout < 1, "a probability in [0, 1)"),
             *[(f"{m}_dim", getattr(self, f"{m}_dim") > 0, "a positive width") for m in ("text", "audio", "vision")],
             ("heads", self.heads > 0, "a positive number of heads"),
             ("d_model", self.d_model > 0 and self.heads > 0 and self.d_model % self.heads == 0,
@@ -226,6 +233,36 @@ def masked_mean(h, mask):
     return total / rearrange(mask.sum(dim=1).clamp(min=1), 'b -> b 1')
 
 
+def with_deviations(x, mask):
+    """(b, l, d) -> (b, l, 2d): each frame as it is and as its deviation from the utterance's mean.
+
+    Test speakers are unseen, and a person's baseline voice and resting face are not sentiment:
+    what holds across people is how the frames move *within* an utterance. The raw frame is kept
+    beside it, so the level (loudness grows with arousal) is not lost; the model weighs the two."""
+    return torch.cat([x, x - rearrange(masked_mean(x, mask), 'b d -> b 1 d')], dim=-1)
+
+
+class StatisticsPooling(nn.Module):
+    """Pooled statistics of one modality's frames: their mean, spread and peak over time, projected to d.
+
+    Classical fusion (TFN, LMF) gets real value from weak audio/vision by averaging it over time; a
+    mean alone misses how much a cue *moves* (pitch movement rises with arousal) and a cue present on
+    a few frames only (a smile on a quarter of them), which the spread and the peak keep. These are
+    the "functionals" of speech-emotion features and the statistics pooling of speaker embeddings."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm = nn.LayerNorm(3 * c.d_model) if c.normalize else nn.Identity()
+        self.proj = nn.Linear(3 * c.d_model, c.d_model)
+
+    def forward(self, h, mask):                                  # (b, l, d), (b, l) -> (b, d)
+        mean = masked_mean(h, mask)
+        spread = (masked_mean((h - rearrange(mean, 'b d -> b 1 d')) ** 2, mask) + VARIANCE_EPS).sqrt()
+        peak = torch.where(rearrange(mask, 'b l -> b l 1'), h, -torch.finfo(h.dtype).max).amax(dim=1)
+        peak = torch.where(rearrange(mask.any(dim=1), 'b -> b 1'), peak, 0.0)   # no real frame: 0, not -max
+        return self.proj(self.norm(torch.cat([mean, spread, peak], dim=-1)))
+
+
 # MIAR.md step 4: feature interaction -> four tokens -----------------------------------------------
 
 class InteractionToken(nn.Module):
@@ -255,6 +292,7 @@ class Interaction(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.mode = c.interaction
+        self.pool = nn.ModuleDict({m: StatisticsPooling(c) for m in MODALITIES}) if c.pool == "stats" else None
         self.tokens = nn.ModuleDict({k: InteractionToken(c) for k in TOKENS})
 
     def keys_of(self, token):
@@ -263,10 +301,10 @@ class Interaction(nn.Module):
         return OTHERS[token] if self.mode == "cross" else (token,)
 
     def forward(self, h, masks, need_weights=False):          # dicts m -> (b, l_m, d), (b, l_m)
-        # A query starts from the masked mean of its own modality: averaging over time is how
-        # classical fusion (TFN, LMF) gets real value from weak audio/vision, so that pooled
-        # evidence is there from the start, and attention is left to catch single events.
-        start = {m: masked_mean(h[m], masks[m]) for m in MODALITIES}
+        # A query starts from the pooled frames of its own modality (their statistics, or their
+        # mean with pool="mean"): evidence spread over many frames is there from the start, and
+        # attention is left to catch single events and to read the other modalities.
+        start = {m: self.pool[m](h[m], masks[m]) if self.pool else masked_mean(h[m], masks[m]) for m in MODALITIES}
         start["g"] = torch.stack([start[m] for m in MODALITIES]).mean(dim=0)
         z, attention, keys = [], {}, {}
         for k in TOKENS:
@@ -328,7 +366,12 @@ class MIAR(nn.Module):
     def __init__(self, config):
         super().__init__()
         c = self.config = config
-        widths = {"t": c.text_dim, "a": c.audio_dim, "v": c.vision_dim}
+        frame = 2 if c.center else 1       # with_deviations doubles the audio/vision frame
+        widths = {"t": c.text_dim, "a": frame * c.audio_dim, "v": frame * c.vision_dim}
+        # 1.3 k utterances against 768-d text: the text projection alone can memorise the training set
+        # in a few epochs, before the weaker audio/vision cues are learned. Dropping text features
+        # (not frames) makes it spread its weight and buys the other modalities those epochs.
+        self.text_drop = nn.Dropout(c.text_dropout)
         self.project = nn.ModuleDict({m: Projection(widths[m], c) for m in MODALITIES})
         self.encode = nn.ModuleDict({m: UnimodalEncoder(c) for m in MODALITIES})
         self.interaction = Interaction(c)
@@ -341,6 +384,9 @@ class MIAR(nn.Module):
         x = {"t": text, "a": audio, "v": vision}
         masks = {"t": text_mask, "a": audio_mask, "v": vision_mask}
         self.check_inputs(x, masks)
+        x["t"] = self.text_drop(x["t"])
+        if self.config.center:     # not the text: the mean of contextual word vectors is the sentence's gist
+            x["a"], x["v"] = with_deviations(x["a"], masks["a"]), with_deviations(x["v"], masks["v"])
         h = {m: self.encode[m](self.project[m](x[m], masks[m]), masks[m]) for m in MODALITIES}
         z, attention = self.interaction(h, masks, return_attention)        # (b, 4, d)
         aligned = F.normalize(self.align_head(z[:, :len(MODALITIES)]), dim=-1)   # (b, 3, d), z_g left out

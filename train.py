@@ -633,6 +633,13 @@ def build_parser():
     m.add_argument("--align", choices=["tokens", "encoders"], default=MIARConfig.align,
                    help="what the contrastive loss aligns: the modality tokens z_t, z_a, z_v (MIAR.md), or the "
                         "pooled unimodal encodings before the interaction (no shared inputs)")
+    m.add_argument("--pool", choices=["stats", "mean"], default=MIARConfig.pool,
+                   help="what each token's query starts from: the mean, spread and peak of its modality's "
+                        "frames, or their mean alone")
+    m.add_argument("--no-center", dest="center", action="store_false",
+                   help="feed audio/vision frames as they are only, not also as deviations from the utterance's mean")
+    m.add_argument("--text-dropout", type=float, default=MIARConfig.text_dropout,
+                   help="dropout on the text features before their projection")
     m.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="ablation: no feature standardisation and no LayerNorm at projection/fusion")
     e = p.add_argument_group("evaluation and output")
@@ -711,7 +718,8 @@ def model_config(args, dims):
     return MIARConfig(text_dim=dims["text"], audio_dim=dims["audio"], vision_dim=dims["vision"],
                       d_model=args.d_model, heads=args.heads, layers=args.layers, inter_layers=args.inter_layers,
                       dropout=args.dropout, interaction=args.interaction, tau=args.tau,
-                      lambda_con=args.lambda_con, align=args.align, normalize=args.normalize)
+                      lambda_con=args.lambda_con, align=args.align, normalize=args.normalize,
+                      pool=args.pool, center=args.center, text_dropout=args.text_dropout)
 
 
 def pick_device(name):

@@ -358,3 +358,21 @@ def test_cli_prints_clear_error_instead_of_traceback(tmp_path, capsys):
     assert data.main(["--summary", "--dataset", "mosi", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no MOSI features found") and "Traceback" not in err
+
+
+def test_all_zero_frames_inside_the_real_length_are_masked_as_missing(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    raw = {s: mmsa_split(n, rng, pad_words=np.full(n, 8)) for s, n in SIZES.items()}
+    raw["train"]["vision"][0, 2] = 0.0          # no face found on one frame
+    raw["train"]["audio"][1, [0, 5]] = 0.0      # no voice on two frames
+    raw["train"]["audio"][2, 3, 0] = 0.0        # one feature at 0 is a value, not a missing frame
+    path = tmp_path / "blank.pkl"
+    path.write_bytes(pickle.dumps(raw))
+    ds = load_dataset(data_path=str(path))["train"]
+    vision, audio = ds.tensors["vision_mask"], ds.tensors["audio_mask"]
+    assert not vision[0, 2] and vision[0].sum() == 7 and ds.tensors["text_mask"][0].all()
+    assert not audio[1, 0] and not audio[1, 5] and audio[1].sum() == 6
+    assert audio[2].all()
+    assert int(vision.sum() + audio.sum()) == 2 * 8 * SIZES["train"] - 3
+    out = capsys.readouterr().out
+    assert "masked frames whose features are all 0" in out and "audio 2, vision 1" in out

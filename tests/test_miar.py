@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from miar import MIAR, MIARConfig, alignment_loss, count_parameters
+from miar import MIAR, MIARConfig, StatisticsPooling, alignment_loss, count_parameters, with_deviations
 
 WIDTHS = {"text": 12, "audio": 5, "vision": 7}
 SMALL = dict(text_dim=WIDTHS["text"], audio_dim=WIDTHS["audio"], vision_dim=WIDTHS["vision"],
@@ -206,8 +206,9 @@ def test_self_interaction_changes_outputs_with_the_same_weights():
 def test_normalize_false_drops_layernorms_and_changes_outputs():
     on, off = make_model(normalize=True).eval(), make_model(normalize=False).eval()
     layernorms = lambda model: {n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
-    assert layernorms(on) - layernorms(off) == {"project.t.norm", "project.a.norm",
-                                                 "project.v.norm", "fusion.norm"}
+    assert layernorms(on) - layernorms(off) == {"project.t.norm", "project.a.norm", "project.v.norm",
+                                                 "interaction.pool.t.norm", "interaction.pool.a.norm",
+                                                 "interaction.pool.v.norm", "fusion.norm"}
     assert all(".blocks." in n for n in layernorms(off))      # the Transformer blocks keep theirs
     batch = make_batch()
     with torch.no_grad():
@@ -235,6 +236,52 @@ def test_align_encoders_aligns_the_pooled_unimodal_encodings():
     assert ((out.aligned - b.aligned).abs().amax(dim=(0, 2)) > 0).all()
 
 
+def test_with_deviations_keeps_each_frame_and_its_distance_from_the_utterance_mean():
+    x, mask = torch.randn(2, 5, 3), torch.tensor([[True] * 5, [True, True, False, False, False]])
+    x[1, 2:] = float("nan")                                 # padding may hold anything
+    out = with_deviations(x, mask)
+    assert out.shape == (2, 5, 6) and torch.equal(out[..., :3][mask], x[mask])
+    assert torch.allclose(out[0, :, 3:], x[0] - x[0].mean(0))
+    assert torch.allclose(out[1, :2, 3:], x[1, :2] - x[1, :2].mean(0))
+    # a speaker's baseline (the same shift on every frame) leaves the deviations unchanged
+    assert torch.allclose(with_deviations(x + 7.0, mask)[..., 3:][mask], out[..., 3:][mask], atol=1e-5)
+
+
+def test_statistics_pooling_reads_mean_spread_and_peak_of_real_frames_only():
+    torch.manual_seed(0)
+    pool = StatisticsPooling(tiny(normalize=False)).eval()
+    h, mask = torch.randn(2, 6, 16), torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    stats = {}
+    for k, name in enumerate(("mean", "spread", "peak")):     # an identity that picks one statistic at a time
+        pool.proj.weight.data.zero_(); pool.proj.bias.data.zero_()
+        pool.proj.weight.data[:, 16 * k:16 * (k + 1)] = torch.eye(16)
+        stats[name] = pool(h, mask)
+    real = h[1, :3]
+    assert torch.allclose(stats["mean"][1], real.mean(0), atol=1e-6)
+    assert torch.allclose(stats["spread"][1], (real.var(0, unbiased=False) + 1e-5).sqrt(), atol=1e-5)
+    assert torch.equal(stats["peak"][1], real.amax(0))
+    h[1, 3:] = 100.0                                        # padding never reaches any statistic
+    assert torch.allclose(pool(h, mask)[1], stats["peak"][1])
+    assert torch.equal(pool(h, torch.zeros(2, 6, dtype=torch.bool)), pool.proj.bias.expand(2, 16))   # no frame: 0 stats
+
+
+@pytest.mark.parametrize("overrides", [dict(pool="mean"), dict(center=False), dict(text_dropout=0.0)],
+                         ids=["pool-mean", "no-center", "no-text-dropout"])
+def test_each_design_switch_runs_and_changes_the_model(overrides):
+    default, switched = make_model(), make_model(**overrides)
+    batch = make_batch()
+    out = switched(**batch)
+    assert out.pred.shape == (6,) and torch.isfinite(out.pred).all()
+    if "text_dropout" in overrides:      # no parameter changes; only training-mode outputs do
+        switched.load_state_dict(default.state_dict())
+        assert torch.equal(switched.eval()(**batch).pred, default.eval()(**batch).pred)
+        torch.manual_seed(3); a = default.train()(**batch).pred
+        torch.manual_seed(3); b = switched.train()(**batch).pred
+        assert not torch.allclose(a, b)
+    else:
+        assert count_parameters(switched) != count_parameters(default)
+
+
 def test_lambda_con_zero_makes_loss_equal_l1():
     model = make_model(lambda_con=0.0)
     losses = model.objective(model(**make_batch()), torch.randn(6))
@@ -244,6 +291,7 @@ def test_lambda_con_zero_makes_loss_equal_l1():
 @pytest.mark.parametrize("field, value", [
     ("interaction", "both"), ("align", "all"), ("d_model", 30), ("heads", 0), ("text_dim", 0), ("audio_dim", -1),
     ("inter_layers", 0), ("layers", -1), ("tau", 0.0), ("lambda_con", -0.1), ("dropout", 1.0), ("mlp_ratio", 0),
+    ("pool", "max"), ("text_dropout", 1.0), ("text_dropout", -0.1),
 ])
 def test_bad_config_raises_a_clear_value_error(field, value):
     with pytest.raises(ValueError, match=f"MIARConfig.{field}: found .*expected"):
