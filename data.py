@@ -598,11 +598,19 @@ def main(argv=None):
         p.error("nothing to do: pass --write-synthetic PATH and/or --summary")
     try:
         if args.write_synthetic:
+            folder = os.path.dirname(os.path.abspath(args.write_synthetic))
+            if not os.path.isdir(folder) or os.path.isdir(args.write_synthetic):
+                raise DataError(f"--write-synthetic {args.write_synthetic}: "
+                                f"{'is a folder' if os.path.isdir(args.write_synthetic) else f'folder {folder} does not exist'}; "
+                                f"expected a file path in an existing folder (e.g. mkdir -p {folder})")
             raw = make_synthetic(args.size, args.unaligned, args.seed)
             for split in raw.values():
                 split.pop("sarcastic")     # keep the file exactly in MMSA's schema
-            with open(args.write_synthetic, "wb") as f:
-                pickle.dump(raw, f, protocol=4)
+            try:
+                with open(args.write_synthetic, "wb") as f:
+                    pickle.dump(raw, f, protocol=4)
+            except OSError as e:
+                raise DataError(f"cannot write {args.write_synthetic} ({e.strerror}); pick a writable path")
             print(f"wrote {args.write_synthetic} ({os.path.getsize(args.write_synthetic) / 2**20:.0f} MiB)")
         if args.summary:
             summarise(load_dataset(args.dataset, args.data_path, args.data_dir, args.unaligned,

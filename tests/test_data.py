@@ -360,6 +360,13 @@ def test_cli_prints_clear_error_instead_of_traceback(tmp_path, capsys):
     assert err.startswith("error: no MOSI features found") and "Traceback" not in err
 
 
+@pytest.mark.parametrize("where, message", [("missing/synth.pkl", "does not exist"), (".", "is a folder")])
+def test_write_synthetic_into_a_bad_place_says_so(tmp_path, capsys, where, message):
+    assert data.main(["--write-synthetic", str(tmp_path / where), "--size", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --write-synthetic") and message in err and "expected a file path" in err
+
+
 def test_all_zero_frames_inside_the_real_length_are_masked_as_missing(tmp_path, capsys):
     rng = np.random.default_rng(0)
     raw = {s: mmsa_split(n, rng, pad_words=np.full(n, 8)) for s, n in SIZES.items()}
