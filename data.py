@@ -13,7 +13,7 @@ the file, never assumed. `load_dataset` turns either into three torch
 Datasets whose items are dicts of text/audio/vision (L, d) float32, boolean
 *_mask (L,) with True = real frame, label (float) and id (str).
 
-Clean-up (see shared/docs/DATA.md): non-finite values become 0 (MOSEI audio
+Clean-up (README, "Data"): non-finite values become 0 (MOSEI audio
 holds -inf), then each modality is standardised per feature with statistics
 of the *train* split's real frames only; valid/test use the same numbers.
 
@@ -477,7 +477,7 @@ def load_dataset(name="synthetic", data_path=None, data_dir="data", unaligned=Fa
 # modalities (like COVAREP and Facet), so standardisation matters.
 
 # Counts of the real CMU-MOSI labels (all 2199 utterances of the standard split,
-# shared/data/mosi_labels.npz) rounded to the 0.2 grid -3.0, -2.8, ..., 3.0.
+# as distributed with the features) rounded to the 0.2 grid -3.0, -2.8, ..., 3.0.
 MOSI_LABEL_COUNTS = [12, 32, 36, 42, 63, 103, 76, 101, 81, 79, 110, 76, 58, 89, 65, 96,
                      73, 80, 65, 81, 62, 75, 96, 93, 98, 120, 96, 56, 44, 29, 12]
 LABEL_GRID = np.round(np.linspace(-3, 3, len(MOSI_LABEL_COUNTS)), 1)

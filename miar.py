@@ -3,8 +3,8 @@ miar.py -- MIAR: Modality Interaction and Alignment Representation fusion for
 multimodal sentiment (Zhu & Yu, arXiv 2601.02414), in plain PyTorch + einops.
 
 Only the paper's abstract is public: no code, no full text. This file is the
-project's reconstruction of the abstract's five claims (shared/docs/MIAR.md,
-"The reconstruction"), read top to bottom in the order data flows:
+project's reconstruction of the abstract's five claims (README, "The method, step
+by step"), read top to bottom in the order data flows:
 
   claim in the abstract                          where it lives here
   1. language, audio, vision feature sequences   Projection, UnimodalEncoder (one per modality)
@@ -16,13 +16,17 @@ project's reconstruction of the abstract's five claims (shared/docs/MIAR.md,
 
 Choices the abstract leaves open, and where to change each:
   * positions: fixed sinusoidal, computed for the actual length    -> sinusoidal_positions
-  * the start of a token's query: learned vector + masked mean of  -> Interaction.forward
-    its own modality; z_g's adds the mean of the three means
+  * the start of a token's query: learned vector + the mean,       -> StatisticsPooling,
+    spread and peak of its own modality's frames (pool="stats");      Interaction.forward
+    z_g's adds the mean of the three; pool="mean": the mean alone
+  * audio/vision frames enter as they are and as deviations from    -> with_deviations
+    their utterance's mean (unseen speakers; center=False: as they are)
+  * dropout on the text features before their projection           -> MIAR.text_drop
   * what z_t, z_a, z_v read: the other two modalities ("cross"),   -> Interaction.keys_of
     or their own one ("self", the ablation)
   * no weight sharing: each token has its own stack of blocks      -> Interaction.__init__
   * alignment acts on z_t, z_a, z_v (not z_g), one shared head     -> MIAR.align_head
-    pairwise ("tokens", MIAR.md); or the pooled unimodal encodings
+    pairwise ("tokens", method step 5); or the pooled unimodal encodings
     before any interaction, so no pair shares an input ("encoders") -> config.align, MIAR.objective
   * tau = 0.1 and lambda_con = 0.1                                 -> MIARConfig
   * fusion: an MLP over the weighted tokens side by side           -> Fusion
@@ -59,7 +63,7 @@ class MIARConfig:
     interaction: str = "cross"   # "cross": z_m reads the other two modalities; "self": its own (ablation)
     tau: float = 0.1             # InfoNCE temperature: logits = cosine / tau span [-10, 10], sharp enough for batches of 32
     lambda_con: float = 0.1      # weight of the alignment loss; 0 switches it off
-    align: str = "tokens"        # what InfoNCE aligns: "tokens" z_t, z_a, z_v (MIAR.md), or "encoders":
+    align: str = "tokens"        # what InfoNCE aligns: "tokens" z_t, z_a, z_v (method step 5), or "encoders":
                                  # masked-mean(H_t), (H_a), (H_v) before the interaction -- see MIAR.objective
     normalize: bool = True       # False drops the LayerNorms of Projection and Fusion (the ablation)
     mlp_ratio: int = 4           # hidden width of the blocks' MLPs, in multiples of d_model
@@ -177,7 +181,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm_mlp(x)), attn
 
 
-# MIAR.md steps 2-3: projection, unimodal context encoders -----------------------------------------
+# Method steps 2-3: projection, unimodal context encoders -----------------------------------------
 
 def sinusoidal_positions(length, d, device):
     """(length, d) fixed sinusoidal positions. Fixed rather than learned: there is no table
@@ -263,7 +267,7 @@ class StatisticsPooling(nn.Module):
         return self.proj(self.norm(torch.cat([mean, spread, peak], dim=-1)))
 
 
-# MIAR.md step 4: feature interaction -> four tokens -----------------------------------------------
+# Method step 4: feature interaction -> four tokens -----------------------------------------------
 
 class InteractionToken(nn.Module):
     """Feature interaction: one learned token cross-attends over modality frames and becomes
@@ -316,7 +320,7 @@ class Interaction(nn.Module):
         return torch.stack(z, dim=1), ({**attention, "keys": keys} if need_weights else None)  # (b, 4, d)
 
 
-# MIAR.md step 5: alignment, symmetric InfoNCE between modality tokens -----------------------------
+# Method step 5: alignment, symmetric InfoNCE between modality tokens -----------------------------
 
 def info_nce(p_i, p_j, tau):
     """Symmetric InfoNCE for one pair of modalities: utterance n seen in modality i should be
@@ -333,7 +337,7 @@ def alignment_loss(p_t, p_a, p_v, tau=0.1):
     return (info_nce(p_t, p_a, tau) + info_nce(p_t, p_v, tau) + info_nce(p_a, p_v, tau)) / 3
 
 
-# MIAR.md step 6: fusion ---------------------------------------------------------------------------
+# Method step 6: fusion ---------------------------------------------------------------------------
 
 class Fusion(nn.Module):
     """Representation fusion: per-sample softmax weights over the four tokens (their
@@ -357,7 +361,7 @@ class Fusion(nn.Module):
         return rearrange(self.head(h), 'b 1 -> b'), alpha
 
 
-# The model, and MIAR.md step 7: the objective -----------------------------------------------------
+# The model, and method step 7: the objective -----------------------------------------------------
 
 class MIAR(nn.Module):
     """MIAR: projection -> unimodal encoders -> feature interaction (four tokens)
@@ -390,7 +394,7 @@ class MIAR(nn.Module):
         h = {m: self.encode[m](self.project[m](x[m], masks[m]), masks[m]) for m in MODALITIES}
         z, attention = self.interaction(h, masks, return_attention)        # (b, 4, d)
         aligned = F.normalize(self.align_head(z[:, :len(MODALITIES)]), dim=-1)   # (b, 3, d), z_g left out
-        # the pooled encodings the token queries start from, before any modality meets another
+        # each modality's pooled encoding on its own, before any modality meets another
         pooled = torch.stack([masked_mean(h[m], masks[m]) for m in MODALITIES], dim=1)   # (b, 3, d)
         aligned_encoders = F.normalize(self.align_head(pooled), dim=-1)
         pred, weights = self.fusion(z)
@@ -411,7 +415,7 @@ class MIAR(nn.Module):
         """L = L1(pred, y) + lambda_con * L_con. L_con needs negatives, so it is skipped (0)
         for a batch of one, and not computed at all when lambda_con = 0.
 
-        align="tokens" (MIAR.md): InfoNCE between the pairs of modality tokens. With cross
+        align="tokens" (method step 5): InfoNCE between the pairs of modality tokens. With cross
         interaction, z_t and z_a both read the vision frames (and so on), so a pair can be
         matched through the frames it shares, noise included (notebook 04), not only through
         what the modalities agree on. align="encoders" aligns the pooled unimodal encodings

@@ -34,7 +34,7 @@ from miar import MIAR, MIARConfig, count_parameters
 
 # ----------------------------------------------------------------------------
 # Metrics, exactly as MMSA / MulT and nearly every paper compute them
-# (shared/docs/DATA.md). All are fractions; the printed tables show x100.
+# (README, "Metrics"). All are fractions; the printed tables show x100.
 
 METRIC_NAMES = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7", "mae", "corr")
 
@@ -631,7 +631,7 @@ def build_parser():
     m.add_argument("--lambda-con", type=float, default=MIARConfig.lambda_con, help="weight of the contrastive alignment loss (0 = off)")
     m.add_argument("--tau", type=float, default=MIARConfig.tau, help="InfoNCE temperature")
     m.add_argument("--align", choices=["tokens", "encoders"], default=MIARConfig.align,
-                   help="what the contrastive loss aligns: the modality tokens z_t, z_a, z_v (MIAR.md), or the "
+                   help="what the contrastive loss aligns: the modality tokens z_t, z_a, z_v (method step 5), or the "
                         "pooled unimodal encodings before the interaction (no shared inputs)")
     m.add_argument("--pool", choices=["stats", "mean"], default=MIARConfig.pool,
                    help="what each token's query starts from: the mean, spread and peak of its modality's "
