@@ -247,22 +247,20 @@ def convert_split(raw, name, source):
     # *_lengths when the file has them, else non-zero rows.
     out["text_mask"] = text_mask_of(split, out["text"], where)
     aligned = out["text"].shape[1] == out["audio"].shape[1] == out["vision"].shape[1]
-    for key in ("audio", "vision"):
-        if aligned:
-            out[f"{key}_mask"] = out["text_mask"].copy()
-        elif f"{key}_lengths" in split:
-            out[f"{key}_mask"] = lengths_mask(split[f"{key}_lengths"], out[key].shape[1], f"{where} '{key}_lengths'")
-        else:
-            out[f"{key}_mask"] = zero_rows_mask(out[key])
     # A frame whose features are all exactly 0 inside the real length is a sensor that found
     # nothing (Facet and OpenFace write zero rows where no face was detected): missing evidence,
     # not a neutral face. Masked like padding, it enters neither the statistics nor the model.
     out["blank"] = {}
     for key in ("audio", "vision"):
-        real = out[f"{key}_mask"]
-        blank = real & ~zero_rows_mask(out[key])
-        out["blank"][key] = int(blank.sum())
-        out[f"{key}_mask"] = real & ~blank
+        nonzero = zero_rows_mask(out[key])      # one pass: it is both the fallback mask and the blank test
+        if aligned:
+            real = out["text_mask"]
+        elif f"{key}_lengths" in split:
+            real = lengths_mask(split[f"{key}_lengths"], out[key].shape[1], f"{where} '{key}_lengths'")
+        else:
+            real = nonzero
+        out[f"{key}_mask"] = real & nonzero
+        out["blank"][key] = int(real.sum() - out[f"{key}_mask"].sum())
     out["aligned"] = aligned
     return out
 
