@@ -226,6 +226,24 @@ def check_dims(config, datasets, where):
                         f"pass the data it was trained on (--dataset / --data-path / --text-features)")
 
 
+def checkpoint_data(ckpt, changes=None, verbose=True):
+    """The data a checkpoint was trained on (or that data with `changes` to its data flags),
+    standardised with the checkpoint's own train statistics, never refitted."""
+    d = {**ckpt["data"], **(changes or {})}
+    return load_dataset(d["dataset"], d["data_path"], d["data_dir"], d["unaligned"], d["text_features"],
+                        d["normalize"], stats=stats_to_numpy(ckpt["stats"]), synthetic_size=d["synthetic_size"],
+                        verbose=verbose)
+
+
+def load_trained(path, device="cpu", verbose=False):
+    """A trained run, ready to use: (model in eval mode, its data, the checkpoint dict)."""
+    ckpt = load_checkpoint(path)
+    config = checkpoint_config(ckpt, path)
+    datasets = checkpoint_data(ckpt, verbose=verbose)
+    check_dims(config, datasets, path)
+    return build_model(config, device, ckpt["model"], path).eval(), datasets, ckpt
+
+
 # ----------------------------------------------------------------------------
 # Training one seed
 
@@ -816,12 +834,11 @@ def eval_only(args, device):
     config = checkpoint_config(ckpt, args.eval_only)
     refuse_conflicts(args, ckpt, args.eval_only, allowed=DATA_FLAGS + ("eval_only", "device", "batch_size", "drop_modality"),
                      resume=False)
-    d, given = dict(ckpt["data"]), getattr(args, "given", {})
+    changes, given = {}, getattr(args, "given", {})
     if "dataset" in given or "data_path" in given:    # other data: none of the checkpoint's files apply
-        d.update(data_path=None, text_features=None)
-    d.update({k: getattr(args, k) for k in DATA_FLAGS if k in given})
-    datasets = load_dataset(d["dataset"], d["data_path"], d["data_dir"], d["unaligned"], d["text_features"],
-                            d["normalize"], stats=stats_to_numpy(ckpt["stats"]), synthetic_size=d["synthetic_size"])
+        changes.update(data_path=None, text_features=None)
+    changes.update({k: getattr(args, k) for k in DATA_FLAGS if k in given})
+    datasets = checkpoint_data(ckpt, changes)
     check_dims(config, datasets, args.eval_only)
     model = build_model(config, device, ckpt["model"], args.eval_only)
     drop = sorted(set(args.drop_modality) | {m for m in MODALITIES if m not in ckpt["modalities"]})

@@ -170,6 +170,24 @@ def test_eval_only_reproduces_checkpoint_test_metrics(tmp_path):
     assert again["test"] == pytest.approx(stored, abs=1e-6)
 
 
+def test_load_trained_gives_the_model_and_data_of_the_run(tmp_path):
+    main(TINY + ["--epochs", "2", "--out", str(tmp_path)])
+    model, datasets, ckpt = train.load_trained(str(tmp_path / "seed_1111" / "best.pt"))
+    assert not model.training and set(datasets) == {"train", "valid", "test"}
+    again = train.evaluate(model, datasets["test"], 32, "cpu")
+    assert again == pytest.approx(ckpt["metrics"]["test"], abs=1e-6)
+
+
+def test_checkpoint_data_applies_changes_to_the_data_flags(tmp_path):
+    main(TINY + ["--epochs", "1", "--out", str(tmp_path)])
+    ckpt = train.load_checkpoint(str(tmp_path / "seed_1111" / "best.pt"))
+    same, other = train.checkpoint_data(ckpt, verbose=False), train.checkpoint_data(ckpt, {"unaligned": True}, verbose=False)
+    assert same["train"].tensors["audio"].shape[1] < other["train"].tensors["audio"].shape[1]
+    # both standardised with the checkpoint's statistics, not refitted on the new data
+    for ds in (same, other):
+        assert np.array_equal(ds["train"].stats["audio"]["mean"], ckpt["stats"]["audio"]["mean"].numpy())
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     main(TINY + ["--epochs", "3", "--patience", "10", "--out", str(tmp_path / "full")])
     main(TINY + ["--epochs", "1", "--patience", "10", "--out", str(tmp_path / "cut")])
