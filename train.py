@@ -247,8 +247,9 @@ def load_trained(path, device="cpu", verbose=False):
 # ----------------------------------------------------------------------------
 # Training one seed
 
-def train_seed(args, config, datasets, seed, device, run_dir, resume=None):
-    """Train with early stopping on valid MAE; returns valid/test metrics of the best checkpoint."""
+def train_seed(args, config, datasets, seed, device, run_dir, resume=None, report=True):
+    """Train with early stopping on valid MAE; returns valid/test metrics of the best checkpoint.
+    report=False stops after training (best.pt and last.pt written; no test pass, no figures)."""
     os.makedirs(run_dir, exist_ok=True)
     best_path, last_path = os.path.join(run_dir, "best.pt"), os.path.join(run_dir, "last.pt")
     torch.manual_seed(seed)
@@ -302,6 +303,8 @@ def train_seed(args, config, datasets, seed, device, run_dir, resume=None):
                         history=history, best_mae=best_mae, bad_epochs=bad_epochs, args=vars(args),
                         shuffle_state=shuffle.get_state(), torch_state=torch.get_rng_state(), **common)
 
+    if not report:     # a caller that only wants the trained weights (notebook 04's short runs)
+        return {"epochs": len(history), "epoch_seconds": float(np.mean([h["seconds"] for h in history]))}
     # test metrics of the best-valid checkpoint (selection never sees test)
     best = load_checkpoint(best_path)
     model.load_state_dict(best["model"])

@@ -188,6 +188,17 @@ def test_checkpoint_data_applies_changes_to_the_data_flags(tmp_path):
         assert np.array_equal(ds["train"].stats["audio"]["mean"], ckpt["stats"]["audio"]["mean"].numpy())
 
 
+def test_train_seed_without_report_trains_the_same_and_writes_no_report(tmp_path):
+    args = train.parse_args(TINY + ["--epochs", "2"])
+    datasets = data.load_dataset("synthetic", synthetic_size="tiny", verbose=False)
+    config = train.model_config(args, datasets["train"].dims)
+    for name, report in (("with", True), ("without", False)):
+        train.train_seed(args, config, datasets, 1111, "cpu", str(tmp_path / name), report=report)
+    assert not (tmp_path / "without" / "predictions.csv").exists() and (tmp_path / "with" / "predictions.csv").exists()
+    a, b = (train.load_checkpoint(str(tmp_path / name / "last.pt"))["model"] for name in ("with", "without"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     main(TINY + ["--epochs", "3", "--patience", "10", "--out", str(tmp_path / "full")])
     main(TINY + ["--epochs", "1", "--patience", "10", "--out", str(tmp_path / "cut")])
