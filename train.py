@@ -235,13 +235,18 @@ def checkpoint_data(ckpt, changes=None, verbose=True):
                         verbose=verbose)
 
 
+def model_and_data(ckpt, path, device, changes=None, verbose=True):
+    """A loaded checkpoint's model (eval mode) and its data (see checkpoint_data), checked to fit."""
+    config = checkpoint_config(ckpt, path)
+    datasets = checkpoint_data(ckpt, changes, verbose)
+    check_dims(config, datasets, path)
+    return build_model(config, device, ckpt["model"], path).eval(), datasets
+
+
 def load_trained(path, device="cpu", verbose=False):
     """A trained run, ready to use: (model in eval mode, its data, the checkpoint dict)."""
     ckpt = load_checkpoint(path)
-    config = checkpoint_config(ckpt, path)
-    datasets = checkpoint_data(ckpt, verbose=verbose)
-    check_dims(config, datasets, path)
-    return build_model(config, device, ckpt["model"], path).eval(), datasets, ckpt
+    return (*model_and_data(ckpt, path, device, verbose=verbose), ckpt)
 
 
 # ----------------------------------------------------------------------------
@@ -834,16 +839,13 @@ def eval_only(args, device):
     (--dataset / --data-path ...: cross-dataset evaluation, same widths needed); always with the
     checkpoint's own normalisation statistics."""
     ckpt = load_checkpoint(args.eval_only)
-    config = checkpoint_config(ckpt, args.eval_only)
     refuse_conflicts(args, ckpt, args.eval_only, allowed=DATA_FLAGS + ("eval_only", "device", "batch_size", "drop_modality"),
                      resume=False)
     changes, given = {}, getattr(args, "given", {})
     if "dataset" in given or "data_path" in given:    # other data: none of the checkpoint's files apply
         changes.update(data_path=None, text_features=None)
     changes.update({k: getattr(args, k) for k in DATA_FLAGS if k in given})
-    datasets = checkpoint_data(ckpt, changes)
-    check_dims(config, datasets, args.eval_only)
-    model = build_model(config, device, ckpt["model"], args.eval_only)
+    model, datasets = model_and_data(ckpt, args.eval_only, device, changes)
     drop = sorted(set(args.drop_modality) | {m for m in MODALITIES if m not in ckpt["modalities"]})
     results = {split: evaluate(model, datasets[split], args.batch_size, device, drop) for split in ("valid", "test")}
     print_table(f"{args.eval_only} on {datasets['test'].source}: test" + (f" without {', '.join(drop)}" if drop else ""),
