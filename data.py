@@ -408,17 +408,23 @@ class FeatureDataset(Dataset):
         return item
 
 
-def load_dataset(name="synthetic", data_path=None, data_dir="data", unaligned=False,
+def load_dataset(dataset="synthetic", data_path=None, data_dir="data", unaligned=False,
                  text_features=None, normalize=True, stats=None, synthetic_size="mosi",
                  synthetic_seed=0, verbose=True):
     """{'train', 'valid', 'test'} FeatureDatasets from a named dataset or a pickle path.
 
-    name: 'mosi' | 'mosei' (default files under data_dir) | 'synthetic' (built in).
+    dataset: 'mosi' | 'mosei' (default files under data_dir) | 'synthetic' (built in).
     data_path: an explicit MMSA/MulT pickle; always wins over name.
     text_features: a pickle with the same splits holding another text model's 'text'.
     normalize: standardise with train statistics (False: the ablation).
     stats: statistics to apply instead of fitting them (evaluation of a checkpoint).
     """
+    # how to load this data again, paths absolute: a checkpoint keeps it to rebuild its data alone
+    recipe = dict(dataset=dataset, data_path=data_path, data_dir=data_dir, unaligned=unaligned,
+                  text_features=text_features, normalize=normalize, synthetic_size=synthetic_size,
+                  synthetic_seed=synthetic_seed)
+    recipe.update({k: os.path.abspath(recipe[k]) for k in ("data_path", "data_dir", "text_features") if recipe[k]})
+    name = dataset
     if data_path is not None:
         source = data_path
         raw = read_pickle(data_path)
@@ -436,6 +442,7 @@ def load_dataset(name="synthetic", data_path=None, data_dir="data", unaligned=Fa
     if text_features is not None:
         swap_text(splits, text_features)
     check_splits(splits, source)
+    fingerprint = fingerprint_of(splits)
     bad = {k: sum(s["nonfinite"][k] for s in splits.values()) for k in MODALITIES}
     if verbose and any(bad.values()):
         print(f"data: replaced non-finite values with 0: " +
@@ -450,7 +457,20 @@ def load_dataset(name="synthetic", data_path=None, data_dir="data", unaligned=Fa
             standardise(split, stats, f"{source} [{name_}]")
     else:
         stats = None
-    return {name_: FeatureDataset(split, stats, source) for name_, split in splits.items()}
+    datasets = {name_: FeatureDataset(split, stats, source) for name_, split in splits.items()}
+    for ds in datasets.values():
+        ds.recipe, ds.fingerprint = recipe, fingerprint
+    return datasets
+
+
+def fingerprint_of(splits):
+    """TEMPORARY: labels and shapes only."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in SPLITS:
+        h.update(str({k: splits[name][k].shape for k in MODALITIES}).encode())
+        h.update(splits[name]["label"].tobytes())
+    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------

@@ -35,50 +35,60 @@ Axis names: b batch, l frames, d width, h heads, k tokens; i and j are the query
 and key positions inside attention. Masks are booleans, True = real frame.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import einsum, pack, rearrange
 
-MODALITIES = ("t", "a", "v")                 # text, audio, vision
-TOKENS = MODALITIES + ("g",)                 # one token per modality, plus the joint token
-OTHERS = {"t": ("a", "v"), "a": ("t", "v"), "v": ("t", "a")}
+MODALITIES = ("text", "audio", "vision")     # also data.py's keys and train.py's --modalities
+TOKENS = MODALITIES + ("joint",)             # z_t, z_a, z_v: one token per modality; z_g: the joint token
 POSITION_BASE = 10000.0                      # longest sinusoid wavelength, as in "Attention is all you need"
 QUERY_INIT_STD = 0.02                        # learned queries start small next to the pooled frames they join
 VARIANCE_EPS = 1e-5                          # keeps the spread's sqrt differentiable for a one-frame utterance
 
 
+def option(default, help, choices=None):
+    """A config field that is also one of train.py's command-line flags (--d-model, ...), with this
+    default and help: a new hyperparameter is one line here, and the CLI and results files follow."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class MIARConfig:
-    text_dim: int = 768          # read from the data by the caller, never hard-coded (claim 5)
-    audio_dim: int = 5
+    """Every model hyperparameter, in one place; a checkpoint stores it and rebuilds the model from it."""
+    text_dim: int = 768          # the feature widths are read from the data by the caller, never
+    audio_dim: int = 5           # hard-coded (claim 5), so they are no flags
     vision_dim: int = 20
-    d_model: int = 64
-    heads: int = 4
-    layers: int = 1              # unimodal encoder blocks per modality (0: projection only)
-    inter_layers: int = 1        # interaction (cross-attention) blocks per token
-    dropout: float = 0.1
-    interaction: str = "cross"   # "cross": z_m reads the other two modalities; "self": its own (ablation)
-    tau: float = 0.1             # InfoNCE temperature: logits = cosine / tau span [-10, 10], sharp enough for batches of 32
-    lambda_con: float = 0.1      # weight of the alignment loss; 0 switches it off
-    align: str = "tokens"        # what InfoNCE aligns: "tokens" z_t, z_a, z_v (method step 5), or "encoders":
-                                 # masked-mean(H_t), (H_a), (H_v) before the interaction -- see MIAR.objective
-    normalize: bool = True       # False drops the LayerNorms of Projection and Fusion (the ablation)
-    mlp_ratio: int = 4           # hidden width of the blocks' MLPs, in multiples of d_model
-    pool: str = "stats"          # what a token's query starts from: "stats", the mean, spread and peak of its
-                                 # modality's frames (StatisticsPooling); "mean", their masked mean alone
-    center: bool = True          # audio/vision frames also enter as deviations from their utterance's mean
-    text_dropout: float = 0.3    # dropout on the text features themselves, before their projection
+    d_model: int = option(64, "shared width of all modalities and tokens")
+    heads: int = option(4, "attention heads (must divide --d-model)")
+    layers: int = option(1, "unimodal encoder blocks per modality (0: projection only)")
+    inter_layers: int = option(1, "interaction (cross-attention) blocks per token")
+    dropout: float = option(0.1, "dropout in projections, blocks and fusion")
+    interaction: str = option("cross", "cross: each modality token reads the other two modalities; "
+                                       "self: only its own (the ablation)", ("cross", "self"))
+    # logits = cosine / tau span [-10, 10]: sharp enough to single out one positive among a batch of 32
+    tau: float = option(0.1, "InfoNCE temperature")
+    lambda_con: float = option(0.1, "weight of the contrastive alignment loss (0 switches it off)")
+    align: str = option("tokens", "what the contrastive loss aligns: the modality tokens (method step 5), or the "
+                                  "pooled unimodal encodings before any interaction (MIAR.objective says why)",
+                        ("tokens", "encoders"))
+    normalize: bool = option(True, "feature standardisation and the LayerNorms of projection, pooling and "
+                                   "fusion (--no-normalize: the ablation)")
+    mlp_ratio: int = option(4, "hidden width of the blocks' MLPs, in multiples of --d-model")
+    pool: str = option("stats", "what each token's query starts from: the mean, spread and peak of its modality's "
+                                "frames (StatisticsPooling), or their mean alone", ("stats", "mean"))
+    center: bool = option(True, "audio/vision frames enter as they are and as deviations from their utterance's "
+                                "mean (--no-center: as they are only)")
+    text_dropout: float = option(0.3, "dropout on the text features themselves, before their projection")
 
     def __post_init__(self):
         checks = [
-            ("interaction", self.interaction in ("cross", "self"), "'cross' or 'self'"),
-            ("align", self.align in ("tokens", "encoders"), "'tokens' or 'encoders'"),
-            ("pool", self.pool in ("stats", "mean"), "'stats' or 'mean'"),
+            *[(f.name, getattr(self, f.name) in f.metadata["choices"], " or ".join(map(repr, f.metadata["choices"])))
+              for f in fields(self) if f.metadata.get("choices")],
             ("text_dropout", 0 <= self.text_dropout < 1, "a probability in [0, 1)"),
-            *[(f"{m}_dim", getattr(self, f"{m}_dim") > 0, "a positive width") for m in ("text", "audio", "vision")],
+            *[(f"{m}_dim", getattr(self, f"{m}_dim") > 0, "a positive width") for m in MODALITIES],
             ("heads", self.heads > 0, "a positive number of heads"),
             ("d_model", self.d_model > 0 and self.heads > 0 and self.d_model % self.heads == 0,
              f"a positive multiple of heads={self.heads}"),
@@ -101,8 +111,9 @@ class MIAROutput:
     weights: torch.Tensor        # (b, 4) fusion weights alpha: each token's per-sample contribution
     aligned: torch.Tensor        # (b, 3, d) L2-normalised p_t, p_a, p_v from the tokens (align="tokens")
     aligned_encoders: torch.Tensor  # (b, 3, d) the same head on masked-mean(H_m), each modality alone ("encoders")
-    # Only with return_attention=True: {"t": (b, h, j), "a": ..., "v": ..., "g": ...}, each token's
-    # attention in its last interaction block over its keys, and "keys": {"t": {"a": l_a, "v": l_v}, ...}
+    # Only with return_attention=True: {"text": (b, h, j), "audio": ..., "vision": ..., "joint": ...}, each
+    # token's attention in its last interaction block over its keys, and "keys": {"text": {"audio": l_a,
+    # "vision": l_v}, ...}
     # naming, in order, the modalities (and their lengths) concatenated along j.
     attention: dict | None = None
 
@@ -141,7 +152,7 @@ class Attention(nn.Module):
             attn = masked_softmax(logits, ctx_mask)
             y = einsum(attn, v, 'b h i j, b h j d -> b h i d')
         else:                 # the same result from PyTorch's fused kernel, which never builds the
-            # (b, h, i, j) map: ~15x faster on 500 video frames on CPU (tests check both paths agree)
+            # (b, h, i, j) map, which on 500 video frames dominates a CPU epoch (tests check both paths agree)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=rearrange(ctx_mask, 'b j -> b 1 1 j'))
             y = torch.where(rearrange(ctx_mask.any(dim=-1), 'b -> b 1 1 1'), y, 0.0)  # no real key: read nothing
             attn = None
@@ -202,7 +213,7 @@ class Projection(nn.Module):
     def __init__(self, d_in, c):
         super().__init__()
         # no affine: a per-feature scale and shift right before a Linear is absorbed by it, and
-        # dropping it saves the (b, l, d_in) gradient of 768-d text, ~8 % of a CPU epoch
+        # dropping it saves computing a (b, l, d_in) gradient for 768-d text
         self.norm = nn.LayerNorm(d_in, elementwise_affine=False) if c.normalize else nn.Identity()
         self.proj = nn.Linear(d_in, c.d_model)
         self.drop = nn.Dropout(c.dropout)
@@ -300,16 +311,16 @@ class Interaction(nn.Module):
         self.tokens = nn.ModuleDict({k: InteractionToken(c) for k in TOKENS})
 
     def keys_of(self, token):
-        if token == "g":
+        if token == "joint":
             return MODALITIES
-        return OTHERS[token] if self.mode == "cross" else (token,)
+        return tuple(m for m in MODALITIES if m != token) if self.mode == "cross" else (token,)
 
     def forward(self, h, masks, need_weights=False):          # dicts m -> (b, l_m, d), (b, l_m)
         # A query starts from the pooled frames of its own modality (their statistics, or their
         # mean with pool="mean"): evidence spread over many frames is there from the start, and
         # attention is left to catch single events and to read the other modalities.
         start = {m: self.pool[m](h[m], masks[m]) if self.pool else masked_mean(h[m], masks[m]) for m in MODALITIES}
-        start["g"] = torch.stack([start[m] for m in MODALITIES]).mean(dim=0)
+        start["joint"] = torch.stack([start[m] for m in MODALITIES]).mean(dim=0)
         z, attention, keys = [], {}, {}
         for k in TOKENS:
             ctx, shapes = pack([h[m] for m in self.keys_of(k)], 'b * d')      # (b, l_1 + l_2 [+ l_3], d)
@@ -371,7 +382,7 @@ class MIAR(nn.Module):
         super().__init__()
         c = self.config = config
         frame = 2 if c.center else 1       # with_deviations doubles the audio/vision frame
-        widths = {"t": c.text_dim, "a": frame * c.audio_dim, "v": frame * c.vision_dim}
+        widths = {"text": c.text_dim, "audio": frame * c.audio_dim, "vision": frame * c.vision_dim}
         # 1.3 k utterances against 768-d text: the text projection alone can memorise the training set
         # in a few epochs, before the weaker audio/vision cues are learned. Dropping text features
         # (not frames) makes it spread its weight and buys the other modalities those epochs.
@@ -385,12 +396,13 @@ class MIAR(nn.Module):
         self.fusion = Fusion(c)
 
     def forward(self, text, audio, vision, text_mask, audio_mask, vision_mask, return_attention=False):
-        x = {"t": text, "a": audio, "v": vision}
-        masks = {"t": text_mask, "a": audio_mask, "v": vision_mask}
+        x = {"text": text, "audio": audio, "vision": vision}
+        masks = {"text": text_mask, "audio": audio_mask, "vision": vision_mask}
         self.check_inputs(x, masks)
-        x["t"] = self.text_drop(x["t"])
+        x["text"] = self.text_drop(x["text"])
         if self.config.center:     # not the text: the mean of contextual word vectors is the sentence's gist
-            x["a"], x["v"] = with_deviations(x["a"], masks["a"]), with_deviations(x["v"], masks["v"])
+            for m in ("audio", "vision"):
+                x[m] = with_deviations(x[m], masks[m])
         h = {m: self.encode[m](self.project[m](x[m], masks[m]), masks[m]) for m in MODALITIES}
         z, attention = self.interaction(h, masks, return_attention)        # (b, 4, d)
         aligned = F.normalize(self.align_head(z[:, :len(MODALITIES)]), dim=-1)   # (b, 3, d), z_g left out
@@ -401,14 +413,13 @@ class MIAR(nn.Module):
         return MIAROutput(pred, z, weights, aligned, aligned_encoders, attention)
 
     def check_inputs(self, x, masks):
-        names = {"t": "text", "a": "audio", "v": "vision"}
-        for m, name in names.items():
-            width = getattr(self.config, f"{name}_dim")
+        for m in MODALITIES:
+            width = getattr(self.config, f"{m}_dim")
             if x[m].ndim != 3 or x[m].shape[-1] != width:
-                raise ValueError(f"{name}: found shape {tuple(x[m].shape)}, expected (batch, frames, {width}); "
-                                 f"build MIARConfig({name}_dim=...) from the data's feature width")
+                raise ValueError(f"{m}: found shape {tuple(x[m].shape)}, expected (batch, frames, {width}); "
+                                 f"build MIARConfig({m}_dim=...) from the data's feature width")
             if masks[m].dtype != torch.bool or masks[m].shape != x[m].shape[:2]:
-                raise ValueError(f"{name}_mask: found {masks[m].dtype} {tuple(masks[m].shape)}, expected "
+                raise ValueError(f"{m}_mask: found {masks[m].dtype} {tuple(masks[m].shape)}, expected "
                                  f"torch.bool {tuple(x[m].shape[:2])} with True = real frame")
 
     def objective(self, out, label):

@@ -121,9 +121,9 @@ def test_sample_with_no_real_frames_gives_finite_outputs_and_gradients(modality)
     for name, p in model.named_parameters():
         assert torch.isfinite(p.grad).all(), name
     # z_t reads audio and vision: sample 0 puts exactly zero weight on the empty one
-    lengths = out.attention["keys"]["t"]
-    per_modality = dict(zip(lengths, out.attention["t"][0].split(list(lengths.values()), dim=-1)))
-    empty = per_modality[modality[0]]                        # "a" or "v"
+    lengths = out.attention["keys"]["text"]
+    per_modality = dict(zip(lengths, out.attention["text"][0].split(list(lengths.values()), dim=-1)))
+    empty = per_modality[modality]
     assert torch.equal(empty, torch.zeros_like(empty))
 
 
@@ -133,11 +133,10 @@ def test_attention_maps_sum_to_one_over_real_keys_and_zero_on_padding():
     batch["audio_mask"][0] = batch["vision_mask"][0] = False   # z_t of sample 0 has no real key at all
     with torch.no_grad():
         attention = model(**batch, return_attention=True).attention
-    masks = {"t": batch["text_mask"], "a": batch["audio_mask"], "v": batch["vision_mask"]}
-    assert attention["keys"] == {"t": {"a": 11, "v": 9}, "a": {"t": 6, "v": 9},
-                                 "v": {"t": 6, "a": 11}, "g": {"t": 6, "a": 11, "v": 9}}
-    for token in ("t", "a", "v", "g"):
-        key_mask = torch.cat([masks[m] for m in attention["keys"][token]], dim=-1)[:, None, :]   # (b, 1, j)
+    assert attention["keys"] == {"text": {"audio": 11, "vision": 9}, "audio": {"text": 6, "vision": 9},
+                                 "vision": {"text": 6, "audio": 11}, "joint": {"text": 6, "audio": 11, "vision": 9}}
+    for token in ("text", "audio", "vision", "joint"):
+        key_mask = torch.cat([batch[f"{m}_mask"] for m in attention["keys"][token]], dim=-1)[:, None, :]   # (b, 1, j)
         attn = attention[token]
         assert attn.shape == (6, 2, key_mask.shape[-1])
         has_keys = key_mask.any(dim=-1).float()                  # (b, 1): a query with no real key reads nothing
@@ -200,15 +199,15 @@ def test_self_interaction_changes_outputs_with_the_same_weights():
     with torch.no_grad():
         a, b = cross(**batch, return_attention=True), self_(**batch, return_attention=True)
     assert not torch.allclose(a.pred, b.pred)
-    assert b.attention["keys"]["t"] == {"t": 8} and b.attention["keys"]["g"] == a.attention["keys"]["g"]
+    assert b.attention["keys"]["text"] == {"text": 8} and b.attention["keys"]["joint"] == a.attention["keys"]["joint"]
 
 
 def test_normalize_false_drops_layernorms_and_changes_outputs():
     on, off = make_model(normalize=True).eval(), make_model(normalize=False).eval()
     layernorms = lambda model: {n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
-    assert layernorms(on) - layernorms(off) == {"project.t.norm", "project.a.norm", "project.v.norm",
-                                                 "interaction.pool.t.norm", "interaction.pool.a.norm",
-                                                 "interaction.pool.v.norm", "fusion.norm"}
+    assert layernorms(on) - layernorms(off) == {"project.text.norm", "project.audio.norm", "project.vision.norm",
+                                                 "interaction.pool.text.norm", "interaction.pool.audio.norm",
+                                                 "interaction.pool.vision.norm", "fusion.norm"}
     assert all(".blocks." in n for n in layernorms(off))      # the Transformer blocks keep theirs
     batch = make_batch()
     with torch.no_grad():
