@@ -152,8 +152,8 @@ def read_result(path):
     try:
         with open(path) as f:
             r = json.load(f)
-        bad = [f"{part}.{k}" for part in ("valid", "test") for k, v in r[part].items()
-               if v is not None and not isinstance(v, (int, float))]
+        bad = [f"{part}.{k}" for part in ("valid", "test") for k in METRICS
+               if r[part][k] is not None and not isinstance(r[part][k], (int, float))]
         if bad:
             raise ValueError(f"{', '.join(bad)} are not numbers")
         r["config"]["model"], r["config"]["train"]
@@ -170,9 +170,9 @@ def finished_seeds(out):
             if n.startswith("seed_") and n[5:].isdigit() and os.path.isfile(os.path.join(out, n, RESULT))}
 
 
-def metric_names(seeds):
-    """The metrics that every seed's test holds."""
-    return sorted(set.intersection(*(set(r["test"]) for r in seeds.values())))
+def metric(seeds, part, key):
+    """{seed: that seed's `part` (valid or test) metric `key`}, NaN where undefined (null)."""
+    return {s: math.nan if r[part][key] is None else r[part][key] for s, r in seeds.items()}
 
 
 @contextlib.contextmanager
@@ -192,7 +192,7 @@ def summarise(out):
     Under the folder's lock, so that two runs into one folder never write a summary that misses a seed."""
     with locked(out):
         seeds = finished_seeds(out)
-        values = {k: [math.nan if r["test"][k] is None else r["test"][k] for r in seeds.values()] for k in metric_names(seeds)}
+        values = {k: list(metric(seeds, "test", k).values()) for k in METRICS}
         summary = {"seeds": {str(s): {k: v for k, v in r.items() if k != "config"} for s, r in seeds.items()},
                    "test_mean": {k: float(np.mean(v)) for k, v in values.items()},
                    "test_std": {k: float(np.std(v)) for k, v in values.items()},
@@ -232,6 +232,7 @@ def claim(folder, stack):
 
 TABLE = [("Acc-2 has-0/non-0", ("acc2_has0", "acc2_non0")), ("F1 has-0/non-0", ("f1_has0", "f1_non0")),
          ("Acc-5", ("acc5",)), ("Acc-7", ("acc7",)), ("MAE", ("mae",)), ("Corr", ("corr",))]
+METRICS = [k for _, keys in TABLE for k in keys]     # what every result must hold
 
 
 def format_row(mean, std=None):
@@ -257,22 +258,22 @@ def compare_runs(paths):
         seeds = finished_seeds(path)
         if not seeds:
             raise DataError(f"no finished seed in {path} (seed_<N>/{RESULT}); pass the --out folder of a run")
-        test = {k: [np.nan if r["test"][k] is None else float(r["test"][k]) for r in seeds.values()] for k in metric_names(seeds)}
+        test = {k: list(metric(seeds, "test", k).values()) for k in METRICS}
         rows.append({"name": os.path.basename(os.path.normpath(path)), "seeds": seeds,
                      "mean": {k: float(np.mean(v)) for k, v in test.items()},
                      "std": {k: float(np.std(v)) for k, v in test.items()},
-                     "valid_mae": float(np.mean([np.nan if r["valid"]["mae"] is None else r["valid"]["mae"] for r in seeds.values()]))})
+                     "valid_mae": float(np.mean(list(metric(seeds, "valid", "mae").values()))),
+                     "test_mae": metric(seeds, "test", "mae")})
     width, first = max(len(r["name"]) for r in rows), rows[0]
     print(f"{'run':{width}s} | seeds | " + " | ".join(name for name, _ in TABLE)
           + f" | valid MAE | test MAE lower than {first['name']}")
     for r in rows:
         shared = [s for s in r["seeds"] if s in first["seeds"]]
-        r["wins"] = (sum(r["seeds"][s]["test"]["mae"] < first["seeds"][s]["test"]["mae"] for s in shared), len(shared))
+        r["wins"] = (sum(r["test_mae"][s] < first["test_mae"][s] for s in shared), len(shared))
         wins = f"{r['wins'][0]} of {r['wins'][1]} seeds" if r is not first else "-"
         print(f"{r['name']:{width}s} | {len(r['seeds']):5d} | {format_row(r['mean'], r['std'])}"
               f" | {r['valid_mae']:.3f} | {wins}")
     return rows
-
 
 
 def stopped_message(stop, out, seed, argv):

@@ -432,26 +432,26 @@ def eval_only(args, device):
 
 def train_seeds(args, device, argv):
     """Train every seed of the command into --out; each finished seed is kept whatever happens next."""
-    done = prepare_out(args.out)                      # before any data is read
+    done = prepare_out(args.out)                      # --out and its finished seeds, before any data is read
     folders = {s: os.path.join(args.out, f"seed_{s}") for s in args.seeds}
-    resume = {s: load_checkpoint(os.path.join(folders[s], "last.pt"), CHECKPOINT_KEYS | RESUME_KEYS)
-              for s in args.seeds if args.resume and s not in done and os.path.isfile(os.path.join(folders[s], "last.pt"))}
-    datasets = load_dataset(**{k: getattr(args, k) for k in DATA_FLAGS}, normalize=args.config.normalize)
-    config = replace(args.config, **{f"{m}_dim": d for m, d in datasets["train"].dims.items()})
-    record = run_record(config, args.settings, datasets["train"])
-    for seed, r in [*done.items(), *((s, c) for s, c in resume.items())]:
-        had = r["config"] if "config" in r else r["record"]
-        diff = differences(had, record) if (seed not in args.seeds or args.resume) else []
-        if diff:
-            raise DataError(f"{args.out}: seed {seed} there ran another configuration or other data "
-                            f"({'; '.join(diff)}); seeds of both would be averaged. Pick another --out, or the "
-                            f"flags and data of that seed")
-    print(f"data: {datasets['train'].source} | train/valid/test {[len(d) for d in datasets.values()]} | "
-          f"widths {datasets['train'].dims} | lengths {datasets['train'].lengths}")
-    print(f"model: MIAR with {count_parameters(MIAR(config)):,} parameters on {device} | {config}")
     with contextlib.ExitStack() as claims:
         for seed in args.seeds:
             claim(folders[seed], claims)
+        last = {s: os.path.join(folders[s], "last.pt") for s in args.seeds}
+        resume = {s: load_checkpoint(last[s], CHECKPOINT_KEYS | RESUME_KEYS) for s in args.seeds
+                  if args.resume and s not in done and os.path.isfile(last[s])}
+        datasets = load_dataset(**{k: getattr(args, k) for k in DATA_FLAGS}, normalize=args.config.normalize)
+        config = replace(args.config, **{f"{m}_dim": d for m, d in datasets["train"].dims.items()})
+        record = run_record(config, args.settings, datasets["train"])
+        for seed, had in [*((s, r["config"]) for s, r in done.items()), *((s, c["record"]) for s, c in resume.items())]:
+            diff = differences(had, record) if (seed not in args.seeds or args.resume) else []
+            if diff:
+                raise DataError(f"{args.out}: seed {seed} there ran another configuration or other data "
+                                f"({'; '.join(diff)}); seeds of both would be averaged. Pick another --out, or "
+                                f"the flags and data of that seed")
+        print(f"data: {datasets['train'].source} | train/valid/test {[len(d) for d in datasets.values()]} | "
+              f"widths {datasets['train'].dims} | lengths {datasets['train'].lengths}")
+        print(f"model: MIAR with {count_parameters(MIAR(config)):,} parameters on {device} | {config}")
         for seed in args.seeds:
             if args.resume and seed in done:
                 print(f"seed {seed}: finished before, kept ({folders[seed]}/{RESULT})")
@@ -460,13 +460,14 @@ def train_seeds(args, device, argv):
                 model = new_model(config, seed, device)
                 history = fit(model, datasets, args.settings, seed, folders[seed], device, resume.get(seed))
                 result = report(model, datasets, args.settings, folders[seed], history, device)
+                summarise(args.out)
             except (KeyboardInterrupt, Stopped) as e:
                 stop = e if isinstance(e, Stopped) else Stopped("interrupted (Ctrl-C)", 130)
                 raise Stopped(stopped_message(stop, args.out, seed, argv), stop.code) from None
             print_table(f"seed {seed}: test (best valid epoch {result['best_epoch']})", result["test"])
             print("  without a modality (test MAE / Acc-2 non-0): " + ", ".join(
                 f"-{m} {v['mae']:.3f} / {100 * v['acc2_non0']:.2f}" for m, v in result["test_drop"].items()))
-            summary = summarise(args.out)
+    summary = summarise(args.out)
     print_table(f"test, mean ± std over {len(summary['seeds'])} seed(s) {sorted(map(int, summary['seeds']))}",
                 summary["test_mean"], summary["test_std"])
     print(f"wrote {os.path.join(args.out, RESULTS)}")

@@ -1,14 +1,15 @@
-"""train.py: the field's metrics by hand, and the CLI end to end on a tiny synthetic set."""
-import fcntl
+"""train.py: the field's metrics by hand, batches, the loop, and the CLI end to end on a tiny synthetic set."""
 import json
 import math
 import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 
 import data
+import runs
 import train
 from miar import MIAR, MIARConfig
 from test_data import mmsa_pickle
@@ -119,6 +120,41 @@ def test_model_inputs_zero_and_mask_a_dropped_modality_and_refuse_unknown_names(
         train.model_inputs(batch, "cpu", drop=("a",))
 
 
+# ---------------------------------------------------------------- the loop, from Python
+
+def tiny_data():
+    return data.load_dataset("synthetic", synthetic_size="tiny", verbose=False)
+
+
+def test_fit_and_report_are_what_the_command_line_runs(tmp_path):
+    assert main(TINY + ["--epochs", "2", "--out", str(tmp_path / "cli")]) == 0
+    datasets = tiny_data()
+    config = MIARConfig(**{f"{m}_dim": d for m, d in datasets["train"].dims.items()}, d_model=16)
+    settings = train.TrainConfig(epochs=2, batch_size=16)
+    model = train.new_model(config, 1111)
+    history = train.fit(model, datasets, settings, 1111, str(tmp_path / "py"))
+    result = train.report(model, datasets, settings, str(tmp_path / "py"), history)
+    cli = json.loads((tmp_path / "cli" / "seed_1111" / "result.json").read_text())
+    assert len(history) == 2 and result["test"] == cli["test"] and result["test_drop"] == cli["test_drop"]
+    assert json.loads((tmp_path / "py" / "result.json").read_text())["config"] == cli["config"]
+
+
+def test_fit_stops_a_diverged_run_with_a_clear_error(tmp_path, capsys):
+    assert main(TINY + ["--epochs", "2", "--lambda-con", "1e38", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "seed 1111 diverged: the training loss became inf in epoch 1" in err and "Traceback" not in err
+    assert not (tmp_path / "seed_1111" / "result.json").exists()
+
+
+def test_train_config_checks_its_fields():
+    with pytest.raises(ValueError, match=r"TrainConfig.modalities: found \('text', 'text'\)"):
+        train.TrainConfig(modalities=("text", "text"))
+    with pytest.raises(ValueError, match="TrainConfig.patience: found 0, expected 1 or more"):
+        train.TrainConfig(patience=0)
+
+
+# ---------------------------------------------------------------- CLI
+
 def test_plot_run_writes_three_figures_and_leaves_the_matplotlib_backend_alone(tmp_path):
     import matplotlib
     before = matplotlib.get_backend()
@@ -135,93 +171,71 @@ def test_plot_run_writes_three_figures_and_leaves_the_matplotlib_backend_alone(t
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
 
 
-# ---------------------------------------------------------------- CLI
-
-def test_cli_smoke_run_writes_results_predictions_and_figures(tmp_path, capsys):
+def test_cli_smoke_run_writes_each_seed_and_the_summary(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(TINY + ["--epochs", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "parameters" in printed and "Acc-2 has-0/non-0" in printed
-    results = json.loads((out / "results.json").read_text())
-    seed = results["seeds"]["1111"]
-    assert set(seed["test"]) == set(train.METRIC_NAMES) and set(seed["test_drop"]) == {"text", "audio", "vision"}
-    assert results["test_mean"]["mae"] == seed["test"]["mae"] and results["test_std"]["mae"] == 0
-    assert results["config"]["model"]["text_dim"] == 32
     run = out / "seed_1111"
-    for name in ("best.pt", "last.pt", "predictions.csv", "learning_curves.png", "pred_vs_true.png", "token_weights.png"):
+    for name in ("best.pt", "last.pt", "result.json", "predictions.csv", "learning_curves.png", "pred_vs_true.png",
+                 "token_weights.png"):
         assert (run / name).is_file(), name
+    seed = json.loads((run / "result.json").read_text())
+    assert set(seed["test"]) == set(train.METRIC_NAMES) and set(seed["test_drop"]) == {"text", "audio", "vision"}
+    assert seed["config"]["model"]["text_dim"] == 32 and seed["config"]["train"]["epochs"] == 2
+    assert len(seed["config"]["data"]["fingerprint"]) == 16
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"]["1111"]["test"] == seed["test"] and results["test_std"]["mae"] == 0
+    assert results["test_mean"]["mae"] == seed["test"]["mae"] and results["config"] == seed["config"]
     rows = (run / "predictions.csv").read_text().splitlines()
-    assert rows[0].startswith("id,label,prediction") and len(rows) == 1 + 48
+    assert rows[0] == "id,label,prediction,w_text,w_audio,w_vision,w_joint" and len(rows) == 1 + 48
+    assert sorted(os.listdir(out)) == ["results.json", "seed_1111"]        # no lock files left behind
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
     main(TINY + ["--epochs", "2", "--out", str(tmp_path / "a")])
     main(TINY + ["--epochs", "2", "--out", str(tmp_path / "b")])
-    a, b = (json.loads((tmp_path / x / "results.json").read_text()) for x in "ab")
+    a, b = (json.loads((tmp_path / x / "seed_1111" / "result.json").read_text()) for x in "ab")
     for key in ("valid", "test", "test_drop", "best_epoch"):      # everything but the timings
-        assert a["seeds"]["1111"][key] == b["seeds"]["1111"][key]
+        assert a[key] == b[key]
 
 
-def test_eval_only_reproduces_checkpoint_test_metrics(tmp_path):
-    main(TINY + ["--epochs", "2", "--out", str(tmp_path)])
-    ckpt = str(tmp_path / "seed_1111" / "best.pt")
-    stored = train.load_checkpoint(ckpt)["metrics"]["test"]
-    again = train.run(train.parse_args(["--eval-only", ckpt]))
-    assert again["test"] == pytest.approx(stored, abs=1e-6)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny finished run (seed 1111, two epochs) that several tests read and never change."""
+    out = tmp_path_factory.mktemp("trained")
+    assert main(TINY + ["--epochs", "2", "--out", str(out)]) == 0
+    return out, json.loads((out / "seed_1111" / "result.json").read_text())
 
 
-def test_load_trained_gives_the_model_and_data_of_the_run(tmp_path):
-    main(TINY + ["--epochs", "2", "--out", str(tmp_path)])
-    model, datasets, ckpt = train.load_trained(str(tmp_path / "seed_1111" / "best.pt"))
-    assert not model.training and set(datasets) == {"train", "valid", "test"}
-    again = train.evaluate(model, datasets["test"], 32, "cpu")
-    assert again == pytest.approx(ckpt["metrics"]["test"], abs=1e-6)
+def test_eval_only_reproduces_the_seed_result_and_drops_modalities(trained, capsys):
+    out, result = trained
+    ckpt = str(out / "seed_1111" / "best.pt")
+    again = train.eval_only(train.parse_args(["--eval-only", ckpt]), "cpu")
+    assert again["test"] == pytest.approx(result["test"], abs=1e-6)
+    no_text = train.eval_only(train.parse_args(["--eval-only", ckpt, "--drop-modality", "text"]), "cpu")["test"]
+    assert no_text != again["test"] and no_text == pytest.approx(result["test_drop"]["text"], abs=1e-6)
 
 
-def test_checkpoint_data_applies_changes_to_the_data_flags(tmp_path):
-    main(TINY + ["--epochs", "1", "--out", str(tmp_path)])
-    ckpt = train.load_checkpoint(str(tmp_path / "seed_1111" / "best.pt"))
-    same, other = train.checkpoint_data(ckpt, verbose=False), train.checkpoint_data(ckpt, {"unaligned": True}, verbose=False)
+def test_load_trained_gives_the_model_and_data_of_the_run(trained):
+    out, result = trained
+    model, datasets, ckpt = runs.load_trained(str(out / "seed_1111" / "best.pt"))
+    assert not model.training and set(datasets) == {"train", "valid", "test"} and ckpt["seed"] == 1111
+    assert train.evaluate(model, datasets["test"], 32, "cpu") == pytest.approx(result["test"], abs=1e-6)
+
+
+def test_model_and_data_loads_other_data_with_the_checkpoint_statistics(trained):
+    out, _ = trained
+    ckpt = train.load_checkpoint(str(out / "seed_1111" / "best.pt"))
+    (_, same), (_, other) = (runs.model_and_data(ckpt, "x", changes=c, verbose=False) for c in (None, {"unaligned": True}))
     assert same["train"].tensors["audio"].shape[1] < other["train"].tensors["audio"].shape[1]
-    # both standardised with the checkpoint's statistics, not refitted on the new data
-    for ds in (same, other):
+    for ds in (same, other):     # standardised with the checkpoint's statistics, not refitted on the new data
         assert np.array_equal(ds["train"].stats["audio"]["mean"], ckpt["stats"]["audio"]["mean"].numpy())
-
-
-def test_train_seed_without_report_trains_the_same_and_writes_no_report(tmp_path):
-    args = train.parse_args(TINY + ["--epochs", "2"])
-    datasets = data.load_dataset("synthetic", synthetic_size="tiny", verbose=False)
-    config = train.model_config(args, datasets["train"].dims)
-    for name, report in (("with", True), ("without", False)):
-        train.train_seed(args, config, datasets, 1111, "cpu", str(tmp_path / name), report=report)
-    assert not (tmp_path / "without" / "predictions.csv").exists() and (tmp_path / "with" / "predictions.csv").exists()
-    a, b = (train.load_checkpoint(str(tmp_path / name / "last.pt"))["model"] for name in ("with", "without"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
-    main(TINY + ["--epochs", "3", "--patience", "10", "--out", str(tmp_path / "full")])
-    main(TINY + ["--epochs", "1", "--patience", "10", "--out", str(tmp_path / "cut")])
-    assert main(["--resume", str(tmp_path / "cut" / "seed_1111" / "last.pt"), "--epochs", "3"]) == 0
-    full, cut = (json.loads((tmp_path / x / "results.json").read_text()) for x in ("full", "cut"))
-    assert cut["seeds"]["1111"]["epochs"] == 3
-    assert cut["seeds"]["1111"]["test"] == pytest.approx(full["seeds"]["1111"]["test"], abs=1e-6)
-
-
-def test_drop_modality_changes_evaluation(tmp_path):
-    main(TINY + ["--epochs", "2", "--out", str(tmp_path)])
-    ckpt = str(tmp_path / "seed_1111" / "best.pt")
-    full = train.run(train.parse_args(["--eval-only", ckpt]))["test"]
-    no_text = train.run(train.parse_args(["--eval-only", ckpt, "--drop-modality", "text"]))["test"]
-    assert no_text != full
-    stored = train.load_checkpoint(ckpt)["metrics"]["test_drop"]["text"]
-    assert no_text == pytest.approx(stored, abs=1e-6)
 
 
 def test_text_only_run_never_sees_audio_or_vision(tmp_path):
     main(TINY + ["--epochs", "1", "--modalities", "text", "--out", str(tmp_path)])
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["seeds"]["1111"]["test_drop"]) == {"text"}
+    assert set(json.loads((tmp_path / "results.json").read_text())["seeds"]["1111"]["test_drop"]) == {"text"}
 
 
 def test_help_documents_every_flag_with_its_default():
@@ -237,20 +251,49 @@ def test_help_documents_every_flag_with_its_default():
     assert "(default: tokens)" in text and "(default: 0.1)" in text
 
 
+def test_every_option_field_of_the_two_configs_is_a_flag_and_reaches_its_config():
+    from dataclasses import fields
+    flags = {a.dest: a.option_strings[0] for a in train.build_parser()._actions if a.option_strings}
+    for cls in (MIARConfig, train.TrainConfig):
+        for f in fields(cls):
+            assert ("help" in f.metadata) == (f.name in flags), f.name
+    assert flags["center"] == "--no-center" and flags["mlp_ratio"] == "--mlp-ratio"
+    args = train.parse_args(["--mlp-ratio", "2", "--no-center", "--patience", "3", "--modalities", "text", "audio"])
+    assert args.config.mlp_ratio == 2 and args.config.center is False
+    assert args.settings.patience == 3 and args.settings.modalities == ("text", "audio")
+
+
+def test_a_new_option_field_is_one_edit():
+    import argparse
+    from dataclasses import dataclass
+    from miar import option
+
+    @dataclass
+    class Fork(MIARConfig):
+        gate: float = option(0.5, "a new idea")
+
+    parser = argparse.ArgumentParser()
+    train.add_options(parser, "model", Fork)
+    args = parser.parse_args(["--gate", "0.25", "--d-model", "32"])
+    assert train.from_args(Fork, args) == Fork(gate=0.25, d_model=32)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--dataset", "imdb"], "invalid choice: 'imdb'"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--epochs", "0"], "TrainConfig.epochs: found 0, expected 1 or more"),
     (["--interaction", "both"], "invalid choice: 'both'"),
     (["--align", "own"], "invalid choice: 'own'"),
     (["--d-model", "30", "--heads", "4"], "d_model"),
-    (["--lr", "-1"], "need --lr > 0"),
+    (["--lr", "-1"], "TrainConfig.lr: found -1.0, expected > 0"),
     (["--drop-modality", "audio"], "--drop-modality applies to --eval-only"),
     (["--eval-only", "x.pt", "--drop-modality", "smell"], "invalid choice: 'smell'"),
     (["--seeds", "-5"], "--seeds must be different whole numbers from 0 to 4294967295"),
     (["--seeds", "1111", "1111"], "--seeds must be different whole numbers"),
     (["--lr", "inf"], "--lr must be a finite number, got inf"),
     (["--dropout", "nan"], "--dropout must be a finite number, got nan"),
-    (["--resume", "a.pt", "--eval-only", "b.pt"], "separate modes"),
+    (["--compare", "a", "--eval-only", "b.pt"], "separate modes"),
+    (["--data-path", "x.pkl", "--unaligned"], "with --data-path the file itself says whether it is aligned"),
+    (["--batch-size", "1"], "--batch-size 1 leaves the contrastive loss no other utterance"),
 ])
 def test_argparse_rejects_bad_values(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -265,15 +308,20 @@ def test_missing_data_ends_with_one_clear_message(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_checkpoint_from_other_data_is_refused(tmp_path, capsys):
-    main(TINY + ["--epochs", "1", "--out", str(tmp_path)])
-    ckpt = train.load_checkpoint(str(tmp_path / "seed_1111" / "best.pt"))
-    ckpt["data"]["synthetic_size"] = "mosi"          # pretend it was trained on other widths
-    ckpt["stats"] = None
-    ckpt["data"]["normalize"] = False
-    torch.save(ckpt, tmp_path / "other.pt")
-    assert main(["--eval-only", str(tmp_path / "other.pt")]) == 2
-    assert "trained on feature widths" in capsys.readouterr().err
+def test_eval_only_on_other_data_uses_the_checkpoint_statistics_and_refuses_training_flags(trained, tmp_path, capsys):
+    out, _ = trained
+    ckpt = str(out / "seed_1111" / "best.pt")
+    other = tmp_path / "other.pkl"                     # the same widths, other utterances
+    assert data.main(["--write-synthetic", str(other), "--size", "tiny", "--seed", "5"]) == 0
+    capsys.readouterr()
+    own = train.eval_only(train.parse_args(["--eval-only", ckpt]), "cpu")["test"]
+    cross = train.eval_only(train.parse_args(["--eval-only", ckpt, "--data-path", str(other)]), "cpu")["test"]
+    assert cross != own and f"on {other}: test" in capsys.readouterr().out
+    narrow, _ = mmsa_pickle(tmp_path, name="narrow.pkl")     # widths 12 / 3 / 4
+    assert main(["--eval-only", ckpt, "--data-path", str(narrow)]) == 2
+    assert "has 12 features but the normalisation statistics have 32" in capsys.readouterr().err
+    assert main(["--eval-only", ckpt, "--lr", "0.1", "--seeds", "5"]) == 2
+    assert "--lr, --seeds would be ignored" in capsys.readouterr().err
 
 
 def test_bad_checkpoint_and_missing_cuda_are_reported(tmp_path, capsys):
@@ -285,76 +333,73 @@ def test_bad_checkpoint_and_missing_cuda_are_reported(tmp_path, capsys):
         assert "no CUDA GPU" in capsys.readouterr().err
 
 
-def test_compare_prints_one_row_per_run(tmp_path, capsys):
-    main(TINY + ["--epochs", "1", "--out", str(tmp_path / "cross")])
-    main(TINY + ["--epochs", "1", "--interaction", "self", "--out", str(tmp_path / "self")])
-    capsys.readouterr()
-    rows = train.run(train.parse_args(["--compare", str(tmp_path / "cross"), str(tmp_path / "self" / "results.json")]))
-    assert [r["name"] for r in rows] == ["cross", "self"] and rows[0]["seeds"] == ["1111"]
-    assert rows[0]["mean"] != rows[1]["mean"]
-    printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("run") and printed[1].startswith("cross") and printed[2].startswith("self")
-    assert main(["--compare", str(tmp_path / "nothing")]) == 2
+def test_checkpoint_stores_an_absolute_data_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert data.main(["--write-synthetic", "s.pkl", "--size", "tiny"]) == 0
+    assert main(["--data-path", "s.pkl", "--d-model", "16", "--epochs", "1", "--out", "run"]) == 0
+    ckpt = train.load_checkpoint("run/seed_1111/best.pt")
+    assert ckpt["record"]["data"]["data_path"] == str(tmp_path / "s.pkl")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["--eval-only", "../run/seed_1111/best.pt"]) == 0
 
 
-def write_results(path, valid_mae, test_mae):
-    """A minimal results.json: seed -> valid/test MAE, as train.py writes it."""
-    path.mkdir()
-    seeds = {s: {"valid": {"mae": v}, "test": {"mae": t}} for s, v, t in zip(["1", "2", "3"], valid_mae, test_mae)}
-    mean = {k: 0.5 for k in ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr")}
-    (path / "results.json").write_text(json.dumps({"seeds": seeds, "test_mean": mean, "test_std": mean}))
+# ---------------------------------------------------------------- --compare
+
+def write_seed(folder, seed, valid_mae, test_mae, **test):
+    """A minimal seed_<N>/result.json as train.py writes it."""
+    (folder / f"seed_{seed}").mkdir(parents=True, exist_ok=True)
+    metrics = {k: 0.5 for k in train.METRIC_NAMES}
+    result = {"valid": {**metrics, "mae": valid_mae}, "test": {**metrics, "mae": test_mae, **test},
+              "config": {"model": {}, "train": {}, "data": {}}}
+    (folder / f"seed_{seed}" / "result.json").write_text(json.dumps(result))
 
 
 def test_compare_pairs_seeds_with_the_first_run(tmp_path, capsys):
-    write_results(tmp_path / "base", [0.4, 0.5, 0.6], [0.50, 0.50, 0.50])
-    write_results(tmp_path / "other", [0.3, 0.3, 0.6], [0.40, 0.60, 0.45])    # lower on seeds 1 and 3
-    rows = train.compare_runs([str(tmp_path / "base"), str(tmp_path / "other")])
-    assert "wins" not in rows[0] and rows[1]["wins"] == (2, 3)
-    assert rows[0]["valid_mae"] == pytest.approx(0.5) and rows[1]["valid_mae"] == pytest.approx(0.4)
+    for seed, (v1, t1, v2, t2) in zip((1, 2, 3), [(0.4, 0.5, 0.3, 0.40), (0.5, 0.5, 0.3, 0.60), (0.6, 0.5, 0.6, 0.45)]):
+        write_seed(tmp_path / "base", seed, v1, t1)
+        write_seed(tmp_path / "other", seed, v2, t2)          # lower test MAE on seeds 1 and 3
+    rows = runs.compare_runs([str(tmp_path / "base"), str(tmp_path / "other")])
+    assert rows[1]["wins"] == (2, 3) and rows[0]["valid_mae"] == pytest.approx(0.5) and rows[1]["valid_mae"] == pytest.approx(0.4)
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].endswith("test MAE lower than base") and printed[2].endswith("| 0.400 | 2 of 3 seeds")
-    (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "results.json").write_text('{"seeds": {"1": {"test": {}}}}')
-    assert main(["--compare", str(tmp_path / "base"), str(tmp_path / "broken")]) == 2
-    assert "is not a results.json written by train.py" in capsys.readouterr().err
-    for bad in (b"\x80\x02 a checkpoint, not JSON", b'{"seeds": {}}', b'{"seeds": {"1": {}}, "test_mean": []}'):
-        (tmp_path / "broken" / "results.json").write_bytes(bad)
-        assert main(["--compare", str(tmp_path / "broken")]) == 2
-        assert "is not a results.json written by train.py" in capsys.readouterr().err
-    write_results(tmp_path / "no_corr", [0.4] * 3, [0.5] * 3)
-    r = json.loads((tmp_path / "no_corr" / "results.json").read_text())
-    del r["test_mean"]["corr"]
-    (tmp_path / "no_corr" / "results.json").write_text(json.dumps(r))
-    assert main(["--compare", str(tmp_path / "no_corr")]) == 2
-    assert "KeyError: 'corr'" in capsys.readouterr().err
+    assert main(["--compare", str(tmp_path / "nothing")]) == 2
+    assert "no finished seed in" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- safety: results, interruption, concurrency
+@pytest.mark.parametrize("damage", [
+    lambda r: r["test"].update(mae="0.5"), lambda r: r["test"].pop("corr"), lambda r: r.pop("config"), lambda r: []])
+def test_compare_reports_a_damaged_result_file(tmp_path, capsys, damage):
+    write_seed(tmp_path / "run", 1, 0.4, 0.5)
+    path = tmp_path / "run" / "seed_1" / "result.json"
+    result = json.loads(path.read_text())
+    path.write_text(json.dumps(damage(result) if damage(result) == [] else result))
+    assert main(["--compare", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a result.json written by train.py" in err and "Traceback" not in err
+
+
+def test_compare_shows_an_undefined_metric_as_nan(tmp_path, capsys):
+    write_seed(tmp_path / "run", 1, None, None, corr=None)
+    assert main(["--compare", str(tmp_path / "run")]) == 0
+    assert "| nan±nan | nan±nan | nan | -" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- safety: run folders, stops, concurrency
 
 def seeds_in(out):
     return sorted(json.loads((out / "results.json").read_text())["seeds"])
 
 
-def test_a_later_run_into_the_same_folder_adds_its_seeds(tmp_path):
-    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
-    assert main(TINY + ["--epochs", "1", "--seeds", "1112", "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+def test_a_later_run_into_the_same_folder_adds_its_seeds(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    for cwd, seed in (("a", "1111"), ("b", "1112")):          # from two folders: other absolute paths, same data
+        monkeypatch.chdir(tmp_path / cwd)
+        assert main(TINY + ["--epochs", "1", "--seeds", seed, "--out", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert sorted(results["seeds"]) == ["1111", "1112"]
     maes = [results["seeds"][s]["test"]["mae"] for s in ("1111", "1112")]
     assert results["test_mean"]["mae"] == pytest.approx(np.mean(maes))
-    # the config that ran: model flags live in config.model only; no --out, --seeds or --resume
-    assert results["config"]["model"]["d_model"] == 16 and "d_model" not in results["config"]["args"]
-    assert not {"seeds", "out", "resume", "given"} & set(results["config"]["args"])
-    assert results["config"]["args"]["data_path"] is None and results["seeds"]["1112"]["max_epochs"] == 1
-    assert "data_dir" not in results["config"]["args"]        # synthetic data reads no folder
-
-
-def test_the_same_run_started_from_another_folder_still_merges(tmp_path, monkeypatch):
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    for cwd, seed in (("a", "1111"), ("b", "1112")):
-        monkeypatch.chdir(tmp_path / cwd)
-        assert main(TINY + ["--epochs", "1", "--seeds", seed, "--out", str(tmp_path / "run")]) == 0
-    assert seeds_in(tmp_path / "run") == ["1111", "1112"]
 
 
 def test_a_run_of_another_config_into_the_same_folder_is_refused_before_training(tmp_path, capsys):
@@ -362,136 +407,125 @@ def test_a_run_of_another_config_into_the_same_folder_is_refused_before_training
     before = (tmp_path / "results.json").read_text()
     assert main(TINY + ["--epochs", "1", "--seeds", "1112", "--lambda-con", "0", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "holds seeds ['1111'] of another configuration (model.lambda_con: 0.1 there, 0.0 here)" in err
+    assert "seed 1111 there ran another configuration or other data (model.lambda_con: 0.1 there, 0.0 here)" in err
     assert not (tmp_path / "seed_1112").exists() and (tmp_path / "results.json").read_text() == before
     # the same seed again replaces itself (a rerun), whatever the config
     assert main(TINY + ["--epochs", "1", "--lambda-con", "0", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "results.json").read_text())["config"]["model"]["lambda_con"] == 0
 
 
-def test_ctrl_c_keeps_finished_seeds_removes_temporaries_and_resume_goes_on(tmp_path, monkeypatch, capsys):
+def test_data_rewritten_at_the_same_path_is_not_merged_or_resumed(tmp_path, capsys):
+    path, out = tmp_path / "d.pkl", str(tmp_path / "run")
+    flags = ["--data-path", str(path), "--d-model", "16", "--epochs", "1", "--out", out]
+    assert data.main(["--write-synthetic", str(path), "--size", "tiny", "--seed", "0"]) == 0
+    assert main(flags) == 0
+    assert data.main(["--write-synthetic", str(path), "--size", "tiny", "--seed", "7"]) == 0   # other data, same path
+    capsys.readouterr()
+    assert main(flags + ["--seeds", "1112"]) == 2
+    assert "data.fingerprint:" in capsys.readouterr().err and not (tmp_path / "run" / "seed_1112").exists()
+    assert main(flags + ["--resume"]) == 2            # seed 1111 is finished on the old data: not kept silently
+    assert "data.fingerprint:" in capsys.readouterr().err
+
+
+def save_then(stop, when):
+    """torch.save that writes, then calls stop() the when-th time it writes a seed_1112 last.pt."""
     save, count = torch.save, []
 
-    def save_then_ctrl_c(obj, path):       # Ctrl-C between writing last.pt.tmp and renaming it, epoch 2 of seed 1112
+    def save_and_stop(obj, path):
         save(obj, path)
-        if str(path).endswith(os.path.join("seed_1112", "last.pt.tmp")):
+        if os.path.basename(os.path.dirname(str(path))) == "seed_1112" and "last.pt" in str(path):
             count.append(path)
-            if len(count) == 2:
-                raise KeyboardInterrupt
+            if len(count) == when:
+                stop()
+    return save_and_stop
 
-    monkeypatch.setattr(torch, "save", save_then_ctrl_c)
+
+def ctrl_c():
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_keeps_finished_seeds_removes_temporaries_and_resume_goes_on(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    assert main(TINY + ["--epochs", "2", "--seeds", "1111", "1112", "1113", "--out", str(out)]) == 130
+    command = TINY + ["--epochs", "2", "--seeds", "1111", "1112", "1113", "--out", str(out)]
+    monkeypatch.setattr(torch, "save", save_then(ctrl_c, when=2))   # in epoch 2 of seed 1112, before the rename
+    assert main(command) == 130
     err = capsys.readouterr().err
-    last = out.resolve() / "seed_1112" / "last.pt"
-    assert "Traceback" not in err and "interrupted during seed 1112" in err and "keeps the finished seeds ['1111']" in err
-    assert f"python train.py --resume {last}" in err and "(it then trains seeds [1113])" in err
+    assert "interrupted (Ctrl-C) during seed 1112" in err and "Finished seeds kept in" in err and "[1111]" in err
+    assert "seed 1112 goes on from its last.pt" in err and f"--out {out} --resume" in err and "Traceback" not in err
     assert seeds_in(out) == ["1111"] and not list(out.rglob("*.tmp"))
-    monkeypatch.setattr(torch, "save", save)
-    assert main(["--resume", str(last)]) == 0          # seed 1112 from epoch 1, then 1113; --epochs from the run
-    results = json.loads((out / "results.json").read_text())
-    assert sorted(results["seeds"]) == ["1111", "1112", "1113"]
-    assert results["seeds"]["1112"]["epochs"] == 2 and results["seeds"]["1113"]["max_epochs"] == 2
+    monkeypatch.undo()
+    assert main(command + ["--resume"]) == 0          # keeps 1111, seed 1112 from epoch 1, then 1113
+    assert "seed 1111: finished before, kept" in capsys.readouterr().out
+    assert seeds_in(out) == ["1111", "1112", "1113"]
 
 
-def test_ctrl_c_before_the_first_epoch_says_to_run_the_seeds_again(tmp_path, monkeypatch, capsys):
-    def ctrl_c(*args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(train, "evaluate", ctrl_c)
-    assert main(TINY + ["--epochs", "1", "--seeds", "7", "8", "--out", str(tmp_path)]) == 130
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    command = TINY + ["--epochs", "3", "--seeds", "1112"]
+    assert main(command + ["--out", str(tmp_path / "full")]) == 0
+    monkeypatch.setattr(torch, "save", save_then(ctrl_c, when=3))   # after epoch 1 (best, last), in epoch 2
+    assert main(command + ["--out", str(tmp_path / "cut")]) == 130
+    monkeypatch.undo()
+    assert main(command + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    full, cut = (json.loads((tmp_path / x / "seed_1112" / "result.json").read_text()) for x in ("full", "cut"))
+    assert cut["epochs"] == 3 and cut["test"] == pytest.approx(full["test"], abs=1e-6)
+
+
+def test_sigterm_stops_like_ctrl_c_with_exit_code_143(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", save_then(lambda: os.kill(os.getpid(), signal.SIGTERM), when=1))
+    assert main(TINY + ["--epochs", "2", "--seeds", "1111", "1112", "--out", str(out)]) == 143
     err = capsys.readouterr().err
-    assert "no seed had finished" in err and "run the same command again with --seeds 7 8" in err
-    assert "Traceback" not in err
+    assert "stopped (SIGTERM) during seed 1112" in err and "--resume" in err and "Traceback" not in err
+    assert seeds_in(out) == ["1111"] and not list(out.rglob("*.tmp"))
+    assert signal.getsignal(signal.SIGTERM) is not train.on_sigterm       # main puts the old handler back
+
+
+def test_a_full_disk_keeps_finished_seeds_and_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    def disk_full():
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 2304 vs 2198")
+    out = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", save_then(disk_full, when=1))
+    assert main(TINY + ["--epochs", "2", "--seeds", "1111", "1112", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "is the disk full" in err and "--resume" in err and "Traceback" not in err
+    assert seeds_in(out) == ["1111"] and not list(out.rglob("*.tmp"))
 
 
 def test_two_runs_into_one_folder_at_once_keep_both_seeds_and_refuse_the_same_seed(tmp_path, monkeypatch, capsys):
     """While run A trains seed 1111, run B trains 1112 into the same folder and run C asks for 1111 again.
-    A's results.json must keep B's seed; C must be refused. (flock is per open file, so the runs can
-    share this process: the test is deterministic.)"""
-    train_seed, others = train.train_seed, []
+    A's summary must keep B's seed; C must be refused. (flock is per open file, so the runs can share
+    this process: the test is deterministic.)"""
+    fit, others = train.fit, []
 
-    def train_seed_while_others_run(args, config, datasets, seed, *rest):
+    def fit_while_others_run(model, datasets, settings, seed, *rest, **kw):
         if seed == 1111 and not others:
             others.append(main(TINY + ["--epochs", "1", "--seeds", "1112", "--out", str(tmp_path)]))
             others.append(main(TINY + ["--epochs", "1", "--seeds", "1111", "--out", str(tmp_path)]))
             assert seeds_in(tmp_path) == ["1112"]
-        return train_seed(args, config, datasets, seed, *rest)
+        return fit(model, datasets, settings, seed, *rest, **kw)
 
-    monkeypatch.setattr(train, "train_seed", train_seed_while_others_run)
+    monkeypatch.setattr(train, "fit", fit_while_others_run)
     assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
     assert others == [0, 2]
-    assert "seed 1111 is being trained right now by another run" in capsys.readouterr().err
+    assert "seed_1111 is being trained right now by another run" in capsys.readouterr().err
     assert seeds_in(tmp_path) == ["1111", "1112"]
 
 
-def test_results_json_is_replaced_under_the_lock_and_never_holds_nan(tmp_path, monkeypatch, capsys):
-    write_json, held = train.write_json, []
-
-    def write_checking_the_lock(path, obj):
-        with open(tmp_path / "results.json.lock") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                held.append(path)
-        write_json(path, obj)
-
+def test_undefined_metrics_are_written_as_null_with_a_warning(tmp_path, monkeypatch, capsys):
     metrics = train.compute_metrics
-    monkeypatch.setattr(train, "write_json", write_checking_the_lock)
     monkeypatch.setattr(train, "compute_metrics", lambda p, y: {**metrics(p, y), "corr": math.nan})
     assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
-    assert held == [str(tmp_path / "results.json")]
-    text = (tmp_path / "results.json").read_text()
-    results = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in results.json"))
+    results = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
     assert results["seeds"]["1111"]["test"]["corr"] is None and results["test_mean"]["corr"] is None
-    err = capsys.readouterr().err
-    assert "warning: 7 metric(s) are undefined (NaN) and were written as null" in err
-    assert "results.seeds.1111.test.corr" in err
+    assert "undefined metric(s) (NaN) written as null" in capsys.readouterr().err
     assert main(["--compare", str(tmp_path)]) == 0 and "nan" in capsys.readouterr().out
 
 
-def test_resume_refuses_flags_that_conflict_with_the_checkpoint_and_records_what_ran(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(TINY + ["--epochs", "1", "--lambda-con", "0.3", "--lr", "0.002", "--out", str(out)]) == 0
-    last = str(out / "seed_1111" / "last.pt")
-    assert main(["--resume", last, "--d-model", "32", "--lambda-con", "0.1", "--data-path", "other.pkl",
-                 "--out", str(tmp_path / "elsewhere")]) == 2
-    err = capsys.readouterr().err
-    for named in ("--d-model 32 (checkpoint: 16)", "--lambda-con 0.1 (checkpoint: 0.3)",      # 0.1: the default, given
-                  "--data-path other.pkl (checkpoint: None)", f"--out {tmp_path / 'elsewhere'} (checkpoint: {out})"):
-        assert named in err, named
-    assert "Traceback" not in err and not (tmp_path / "elsewhere").exists()
-    assert main(["--resume", last, "--lambda-con", "0.3", "--out", str(out), "--device", "cpu"]) == 0   # agreeing flags
-    results = json.loads((out / "results.json").read_text())
-    assert results["config"]["model"]["lambda_con"] == 0.3 and results["config"]["args"]["lr"] == 0.002
-    assert results["seeds"]["1111"]["max_epochs"] == 1        # the run's --epochs, not the default 40
-
-
-def test_eval_only_evaluates_other_data_with_the_checkpoint_statistics(tmp_path, capsys):
+def test_a_damaged_summary_is_rewritten_and_costs_no_seed(tmp_path):
     assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
-    ckpt = str(tmp_path / "seed_1111" / "best.pt")
-    other = tmp_path / "other.pkl"                     # the same widths, other utterances
-    assert data.main(["--write-synthetic", str(other), "--size", "tiny", "--seed", "5"]) == 0
-    capsys.readouterr()
-    own = train.run(train.parse_args(["--eval-only", ckpt]))["test"]
-    cross = train.run(train.parse_args(["--eval-only", ckpt, "--data-path", str(other)]))["test"]
-    assert cross != own and f"on {other}: test" in capsys.readouterr().out
-    narrow, _ = mmsa_pickle(tmp_path, name="narrow.pkl")     # widths 12 / 3 / 4
-    assert main(["--eval-only", ckpt, "--data-path", str(narrow)]) == 2
-    assert "has 12 features but the normalisation statistics have 32" in capsys.readouterr().err
-    assert main(["--eval-only", ckpt, "--lr", "0.1", "--seeds", "5"]) == 2
-    err = capsys.readouterr().err
-    assert "--lr 0.1 (checkpoint: (not used))" in err and "--seeds 5" in err
-
-
-def test_checkpoint_stores_an_absolute_data_path(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert data.main(["--write-synthetic", "s.pkl", "--size", "tiny"]) == 0
-    assert main(["--data-path", "s.pkl", "--d-model", "16", "--epochs", "1", "--out", "run"]) == 0
-    ckpt = train.load_checkpoint("run/seed_1111/best.pt")
-    assert ckpt["data"]["data_path"] == str(tmp_path / "s.pkl")
-    (tmp_path / "elsewhere").mkdir()
-    monkeypatch.chdir(tmp_path / "elsewhere")
-    assert main(["--eval-only", "../run/seed_1111/best.pt"]) == 0
+    (tmp_path / "results.json").write_text('{"seeds": {"1111": "garbage"}}')
+    assert main(TINY + ["--epochs", "1", "--seeds", "1112", "--out", str(tmp_path)]) == 0
+    assert seeds_in(tmp_path) == ["1111", "1112"]
 
 
 def file_at(path):
@@ -503,8 +537,8 @@ def file_at(path):
 @pytest.mark.parametrize("make, message", [
     (lambda out: file_at(out), "is a file; expected a folder"),
     (lambda out: file_at(out) / "sub", "cannot be written (Not a directory)"),
-    (lambda out: (out / "results.json").mkdir(parents=True) or out, "results.json is a folder"),
-    (lambda out: file_at(out / "results.json").parent, "is not a results.json written by train.py"),
+    (lambda out: file_at(out / "seed_3" / "result.json").parent.parent, "is not a result.json written by train.py"),
+    (lambda out: file_at(out / "seed_1111").parent, "seed_1111 is a file; expected the seed's folder"),
 ])
 def test_output_folder_problems_are_reported_before_any_data_is_read(tmp_path, monkeypatch, capsys, make, message):
     out = make(tmp_path / "out")
@@ -515,36 +549,27 @@ def test_output_folder_problems_are_reported_before_any_data_is_read(tmp_path, m
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda c: c.__setitem__("config", {**c["config"], "d_model": 32}), "does not fit this MIAR"),
-    (lambda c: c.pop("shuffle_state"), "is not a complete last.pt: missing ['shuffle_state']"),
-    (lambda c: c["config"].__setitem__("colour", "red"), "its model config does not fit this MIAR"),
-    (lambda c: c["data"].pop("dataset"), "missing ['data.dataset']"),
-    (lambda c: c["optimizer"]["param_groups"][0].__setitem__("params", [0]), "its optimizer state does not fit"),
+    (lambda c: c.pop("shuffle_state"), "is not a last.pt written by this train.py: missing ['shuffle_state']"),
+    (lambda c: None, "not a MIAR checkpoint"),
 ])
 def test_damaged_last_pt_is_reported_before_any_data_is_read(tmp_path, monkeypatch, capsys, damage, message):
-    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
-    ckpt = train.load_checkpoint(str(tmp_path / "seed_1111" / "last.pt"))
-    damage(ckpt)
-    torch.save(ckpt, tmp_path / "seed_1111" / "last.pt")
-    monkeypatch.setattr(train, "load_dataset", lambda *a, **k: pytest.fail("data was read before the checkpoint was checked"))
-    assert main(["--resume", str(tmp_path / "seed_1111" / "last.pt")]) == 2
+    command = TINY + ["--epochs", "2", "--out", str(tmp_path)]
+    monkeypatch.setattr(torch, "save", save_then(ctrl_c, when=2))     # in epoch 2: epoch 1's last.pt is there
+    assert main(command + ["--seeds", "1111", "1112"]) == 130
+    monkeypatch.undo()
+    last = tmp_path / "seed_1112" / "last.pt"
+    ckpt = train.load_checkpoint(str(last))
+    torch.save(ckpt, last) if damage(ckpt) is not None else last.write_bytes(b"PK\x03\x04 damaged")
+    monkeypatch.setattr(train, "load_dataset", lambda *a, **k: pytest.fail("data was read before last.pt was checked"))
+    assert main(command + ["--seeds", "1111", "1112", "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
-def test_without_nan_replaces_every_non_finite_float_and_says_where():
-    found = []
-    clean = train.without_nan({"a": [1.0, math.nan], "b": {"c": math.inf, "d": "x", "e": 2}}, found)
-    assert clean == {"a": [1.0, None], "b": {"c": None, "d": "x", "e": 2}}
-    assert found == ["results.a[1]", "results.b.c"]
-
-
-def test_check_results_names_each_difference_and_ignores_the_seeds_being_replaced():
-    record = {"model": {"d_model": 64, "tau": 0.1}, "args": {"lr": 0.001, "modalities": ("text",)}}
-    same = {"seeds": {"1": {}}, "config": {"model": {"d_model": 64, "tau": 0.1}, "args": {"lr": 0.001, "modalities": ["text"]}}}
-    train.check_results(same, record, [2], "r.json")                       # tuples and lists agree
-    other = {"seeds": {"1": {}}, "config": {"model": {"d_model": 32, "tau": 0.1}, "args": {"modalities": ["text"]}}}
-    train.check_results(other, record, [1], "r.json")                      # only seed 1 there: it is replaced
-    with pytest.raises(data.DataError, match=r"holds seeds \['1'\] of another configuration \(model.d_model: 32 there, "
-                                             r"64 here; args.lr: '\(missing\)' there, 0.001 here\)"):
-        train.check_results(other, record, [2], "r.json")
+def test_resume_refuses_other_flags_naming_them(tmp_path, monkeypatch, capsys):
+    command = TINY + ["--epochs", "2", "--seeds", "1112", "--out", str(tmp_path)]
+    monkeypatch.setattr(torch, "save", save_then(ctrl_c, when=2))
+    assert main(command) == 130
+    monkeypatch.undo()
+    assert main(command + ["--lr", "0.01", "--resume"]) == 2
+    assert "train.lr: 0.001 there, 0.01 here" in capsys.readouterr().err
