@@ -13,6 +13,7 @@ and two commands writing into one folder at once keep each other's seeds. A fold
 seeds of one record (model, settings, data fingerprint): its mean over seeds is one experiment.
 """
 import contextlib
+import csv
 import fcntl
 import json
 import math
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from data import DataError, load_dataset, warn
-from miar import MIAR, MIARConfig
+from miar import MIAR, TOKENS, MIARConfig
 
 class Stopped(Exception):
     """Training stopped from outside (Ctrl-C, SIGTERM) or because a file could not be written."""
@@ -201,30 +202,71 @@ def summarise(out):
     return summary
 
 
-def prepare_out(out):
-    """--out checked before any data is read: a folder we can write to, whose finished seeds are readable."""
+def prepare_out(out, seeds):
+    """--out checked before any data is read: a folder we can write to, whose finished seeds are
+    readable and whose seed_<N> are folders. Returns the finished seeds."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"--out {out} is a file; expected a folder (it is created when missing)")
     try:
         os.makedirs(out, exist_ok=True)
-        open(os.path.join(out, f".write_test.{os.getpid()}"), "w").close()
-        os.remove(os.path.join(out, f".write_test.{os.getpid()}"))
+        if not os.access(out, os.W_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as e:
         raise DataError(f"--out {out} cannot be written ({e.strerror}); pick a folder you can write to") from None
+    for folder in (os.path.join(out, f"seed_{s}") for s in seeds):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise DataError(f"{folder} is a file; expected the seed's folder there. Move it away or pick another --out")
     return finished_seeds(out)
 
 
 def claim(folder, stack):
     """Hold a lock on a seed's folder until the run ends: the same seed trained twice at once would
     overwrite its own checkpoints, so the second run is refused."""
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise DataError(f"{folder} is a file; expected the seed's folder there. Move it away or pick another --out")
     os.makedirs(folder, exist_ok=True)
     try:
         stack.enter_context(locked(folder, wait=False))
     except BlockingIOError:
         raise DataError(f"{folder} is being trained right now by another run; wait for it to end, or pick "
                         f"other --seeds or another --out") from None
+
+
+# ----------------------------------------------------------------------------
+# Predictions and figures of a seed
+
+def write_predictions(path, ids, label, pred, weights):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label", "prediction", *[f"w_{k}" for k in TOKENS]])
+        for row in zip(ids, label, pred, *weights.T):
+            w.writerow([row[0]] + [f"{v:.5f}" for v in row[1:]])
+
+
+def plot_run(folder, history, pred, label, weights):
+    """learning_curves.png, pred_vs_true.png, token_weights.png in folder. Figure objects, not pyplot:
+    nothing changes the caller's backend (a notebook keeps its own plots), and no display is needed."""
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(9, 3.2)); ax = fig.subplots(1, 2)
+    for key, name in (("train_loss", "train loss (L1 + λ·con)"), ("train_l1", "train L1"), ("valid_mae", "valid MAE")):
+        ax[0].plot(epochs, [h[key] for h in history], label=name)
+    for key, name in (("valid_acc2_non0", "valid Acc-2 (non-0)"), ("valid_acc7", "valid Acc-7")):
+        ax[1].plot(epochs, [h[key] for h in history], label=name)
+    for a in ax:
+        a.set_xlabel("epoch"); a.legend()
+    fig.tight_layout(); fig.savefig(os.path.join(folder, "learning_curves.png"), dpi=100)
+
+    fig = Figure(figsize=(4, 4)); ax = fig.subplots()
+    ax.scatter(label, pred, s=6, alpha=0.5)
+    ax.plot([-3, 3], [-3, 3], "k--", lw=1)
+    ax.set_xlabel("true sentiment"); ax.set_ylabel("predicted"); ax.set_title("test: predicted vs true")
+    fig.tight_layout(); fig.savefig(os.path.join(folder, "pred_vs_true.png"), dpi=100)
+
+    fig = Figure(figsize=(5, 3.2)); ax = fig.subplots()
+    ax.boxplot(weights, showfliers=False)
+    ax.set_xticks(range(1, len(TOKENS) + 1), TOKENS)
+    ax.set_ylabel("fusion weight α"); ax.set_title("test: per-sample token weights")
+    fig.tight_layout(); fig.savefig(os.path.join(folder, "token_weights.png"), dpi=100)
 
 
 # ----------------------------------------------------------------------------

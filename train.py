@@ -17,7 +17,6 @@ results.json beside them is their summary, mean ± std over seeds, rewritten aft
 """
 import argparse
 import contextlib
-import csv
 import math
 import os
 import signal
@@ -30,10 +29,10 @@ import torch
 from tqdm import tqdm
 
 from data import DataError, load_dataset
-from miar import MIAR, MODALITIES, TOKENS, MIARConfig, count_parameters, option
+from miar import MIAR, MODALITIES, MIARConfig, count_parameters, option
 from runs import (CHECKPOINT_KEYS, RESULT, RESULTS, RESUME_KEYS, Stopped, claim, compare_runs, differences,
-                  load_checkpoint, model_and_data, prepare_out, print_table, run_record,
-                  save_checkpoint, stats_to_tensors, stopped_message, summarise, write_json)
+                  load_checkpoint, model_and_data, plot_run, prepare_out, print_table, run_record, save_checkpoint,
+                  stats_to_tensors, stopped_message, summarise, write_json, write_predictions)
 
 
 @dataclass
@@ -257,7 +256,6 @@ def report(model, datasets, settings, folder, history, device="cpu"):
     record to folder/result.json, then predictions.csv and the figures; returns the result."""
     best = load_checkpoint(os.path.join(folder, "best.pt"))
     model.load_state_dict(best["model"])
-    seed = best["seed"]
     skipped = [m for m in MODALITIES if m not in settings.modalities]
     pred, weights, label = predict(model, datasets["test"], settings.batch_size, device, skipped)
     result = {"valid": evaluate(model, datasets["valid"], settings.batch_size, device, skipped),
@@ -265,44 +263,12 @@ def report(model, datasets, settings, folder, history, device="cpu"):
               "test_drop": {m: evaluate(model, datasets["test"], settings.batch_size, device, sorted({m, *skipped}))
                             for m in settings.modalities},
               "best_epoch": best["epoch"], "epochs": len(history),
-              "epoch_seconds": float(np.mean([h["seconds"] for h in history])), "seed": seed,
+              "epoch_seconds": float(np.mean([h["seconds"] for h in history])), "seed": best["seed"],
               "config": run_record(model.config, settings, datasets["train"])}
     write_json(os.path.join(folder, RESULT), result)
-    with open(os.path.join(folder, "predictions.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label", "prediction", *[f"w_{k}" for k in TOKENS]])
-        for row in zip(datasets["test"].ids, label, pred, *weights.T):
-            w.writerow([row[0]] + [f"{v:.5f}" for v in row[1:]])
+    write_predictions(os.path.join(folder, "predictions.csv"), datasets["test"].ids, label, pred, weights)
     plot_run(folder, history, pred, label, weights)
     return result
-
-
-def plot_run(folder, history, pred, label, weights):
-    """learning_curves.png, pred_vs_true.png, token_weights.png in folder. Figure objects, not pyplot:
-    nothing changes the caller's backend (a notebook keeps its own plots), and no display is needed."""
-    from matplotlib.figure import Figure
-
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(9, 3.2)); ax = fig.subplots(1, 2)
-    for key, name in (("train_loss", "train loss (L1 + λ·con)"), ("train_l1", "train L1"), ("valid_mae", "valid MAE")):
-        ax[0].plot(epochs, [h[key] for h in history], label=name)
-    for key, name in (("valid_acc2_non0", "valid Acc-2 (non-0)"), ("valid_acc7", "valid Acc-7")):
-        ax[1].plot(epochs, [h[key] for h in history], label=name)
-    for a in ax:
-        a.set_xlabel("epoch"); a.legend()
-    fig.tight_layout(); fig.savefig(os.path.join(folder, "learning_curves.png"), dpi=100)
-
-    fig = Figure(figsize=(4, 4)); ax = fig.subplots()
-    ax.scatter(label, pred, s=6, alpha=0.5)
-    ax.plot([-3, 3], [-3, 3], "k--", lw=1)
-    ax.set_xlabel("true sentiment"); ax.set_ylabel("predicted"); ax.set_title("test: predicted vs true")
-    fig.tight_layout(); fig.savefig(os.path.join(folder, "pred_vs_true.png"), dpi=100)
-
-    fig = Figure(figsize=(5, 3.2)); ax = fig.subplots()
-    ax.boxplot(weights, showfliers=False)
-    ax.set_xticks(range(1, len(TOKENS) + 1), TOKENS)
-    ax.set_ylabel("fusion weight α"); ax.set_title("test: per-sample token weights")
-    fig.tight_layout(); fig.savefig(os.path.join(folder, "token_weights.png"), dpi=100)
 
 
 # ----------------------------------------------------------------------------
@@ -432,26 +398,26 @@ def eval_only(args, device):
 
 def train_seeds(args, device, argv):
     """Train every seed of the command into --out; each finished seed is kept whatever happens next."""
-    done = prepare_out(args.out)                      # --out and its finished seeds, before any data is read
+    done = prepare_out(args.out, args.seeds)          # --out and its finished seeds, before any data is read
     folders = {s: os.path.join(args.out, f"seed_{s}") for s in args.seeds}
+    last = {s: os.path.join(folders[s], "last.pt") for s in args.seeds}
+    resume = {s: load_checkpoint(last[s], CHECKPOINT_KEYS | RESUME_KEYS) for s in args.seeds
+              if args.resume and s not in done and os.path.isfile(last[s])}
+    datasets = load_dataset(**{k: getattr(args, k) for k in DATA_FLAGS}, normalize=args.config.normalize)
+    config = replace(args.config, **{f"{m}_dim": d for m, d in datasets["train"].dims.items()})
+    record = run_record(config, args.settings, datasets["train"])
+    for seed, had in [*((s, r["config"]) for s, r in done.items()), *((s, c["record"]) for s, c in resume.items())]:
+        diff = differences(had, record) if (seed not in args.seeds or args.resume) else []
+        if diff:
+            raise DataError(f"{args.out}: seed {seed} there ran another configuration or other data "
+                            f"({'; '.join(diff)}); seeds of both would be averaged. Pick another --out, or "
+                            f"the flags and data of that seed")
+    print(f"data: {datasets['train'].source} | train/valid/test {[len(d) for d in datasets.values()]} | "
+          f"widths {datasets['train'].dims} | lengths {datasets['train'].lengths}")
+    print(f"model: MIAR with {count_parameters(MIAR(config)):,} parameters on {device} | {config}")
     with contextlib.ExitStack() as claims:
         for seed in args.seeds:
             claim(folders[seed], claims)
-        last = {s: os.path.join(folders[s], "last.pt") for s in args.seeds}
-        resume = {s: load_checkpoint(last[s], CHECKPOINT_KEYS | RESUME_KEYS) for s in args.seeds
-                  if args.resume and s not in done and os.path.isfile(last[s])}
-        datasets = load_dataset(**{k: getattr(args, k) for k in DATA_FLAGS}, normalize=args.config.normalize)
-        config = replace(args.config, **{f"{m}_dim": d for m, d in datasets["train"].dims.items()})
-        record = run_record(config, args.settings, datasets["train"])
-        for seed, had in [*((s, r["config"]) for s, r in done.items()), *((s, c["record"]) for s, c in resume.items())]:
-            diff = differences(had, record) if (seed not in args.seeds or args.resume) else []
-            if diff:
-                raise DataError(f"{args.out}: seed {seed} there ran another configuration or other data "
-                                f"({'; '.join(diff)}); seeds of both would be averaged. Pick another --out, or "
-                                f"the flags and data of that seed")
-        print(f"data: {datasets['train'].source} | train/valid/test {[len(d) for d in datasets.values()]} | "
-              f"widths {datasets['train'].dims} | lengths {datasets['train'].lengths}")
-        print(f"model: MIAR with {count_parameters(MIAR(config)):,} parameters on {device} | {config}")
         for seed in args.seeds:
             if args.resume and seed in done:
                 print(f"seed {seed}: finished before, kept ({folders[seed]}/{RESULT})")

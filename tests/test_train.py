@@ -163,7 +163,7 @@ def test_plot_run_writes_three_figures_and_leaves_the_matplotlib_backend_alone(t
         history = [{"epoch": e, "train_loss": 1.0 / e, "train_l1": 0.9 / e, "valid_mae": 1.1 / e,
                     "valid_acc2_non0": 0.5 + 0.1 * e, "valid_acc7": 0.2} for e in (1, 2, 3)]
         rng = np.random.default_rng(0)
-        train.plot_run(str(tmp_path), history, rng.normal(size=20), rng.normal(size=20), rng.dirichlet(np.ones(4), 20))
+        runs.plot_run(str(tmp_path), history, rng.normal(size=20), rng.normal(size=20), rng.dirichlet(np.ones(4), 20))
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
@@ -561,6 +561,7 @@ def test_damaged_last_pt_is_reported_before_any_data_is_read(tmp_path, monkeypat
     ckpt = train.load_checkpoint(str(last))
     torch.save(ckpt, last) if damage(ckpt) is not None else last.write_bytes(b"PK\x03\x04 damaged")
     monkeypatch.setattr(train, "load_dataset", lambda *a, **k: pytest.fail("data was read before last.pt was checked"))
+    capsys.readouterr()
     assert main(command + ["--seeds", "1111", "1112", "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
