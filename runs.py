@@ -27,12 +27,13 @@ import torch
 from data import DataError, load_dataset, warn
 from miar import MIAR, TOKENS, MIARConfig
 
+
 class Stopped(Exception):
     """Training stopped from outside (Ctrl-C, SIGTERM) or because a file could not be written."""
 
     def __init__(self, why, code):
         super().__init__(why)
-        self.code = code     # the exit code: 128 + the signal's number, as shells report it
+        self.code = code     # main's exit code: 128 + the signal's number (as shells report it), 1 for a write
 
 
 def written(path, write):
@@ -125,9 +126,9 @@ def model_and_data(ckpt, path, device="cpu", changes=None, verbose=True):
         datasets = load_dataset(**recipe, stats=stats, verbose=verbose)
         model = MIAR(config).to(device)
         model.load_state_dict(ckpt["model"])
+    except DataError:
+        raise
     except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as e:
-        if isinstance(e, DataError):
-            raise
         raise DataError(f"{path} does not fit this MIAR or its data ({type(e).__name__}: {str(e).splitlines()[0]}); "
                         f"it was written by another version of miar.py, or the data's widths changed") from None
     if not changes and datasets["train"].fingerprint != fingerprint:
@@ -157,7 +158,8 @@ def read_result(path):
                if r[part][k] is not None and not isinstance(r[part][k], (int, float))]
         if bad:
             raise ValueError(f"{', '.join(bad)} are not numbers")
-        r["config"]["model"], r["config"]["train"]
+        if not isinstance(r["config"]["model"], dict) or not isinstance(r["config"]["train"], dict):
+            raise TypeError("config.model and config.train are not dicts")
     except (ValueError, KeyError, TypeError, OSError) as e:   # ValueError: not JSON, not text, not a number
         raise DataError(f"{path} is not a result.json written by train.py ({type(e).__name__}: {e}); move its "
                         f"seed folder away, or pick another --out") from None
