@@ -16,6 +16,9 @@ Datasets whose items are dicts of text/audio/vision (L, d) float32, boolean
 Clean-up (README, "Data"): non-finite values become 0 (MOSEI audio
 holds -inf), then each modality is standardised per feature with statistics
 of the *train* split's real frames only; valid/test use the same numbers.
+Values far outside the train range are clipped first, so that one broken
+frame cannot set a feature's scale (`fit_stats`). Each dataset carries a
+`fingerprint` of the data it read (`fingerprint_of`).
 
 No download is needed to try anything: `load_dataset("synthetic")` builds a
 seeded dataset with MOSI's split sizes and widths whose labels follow a
