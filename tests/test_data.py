@@ -10,9 +10,10 @@ import data
 from data import DataError, load_dataset
 
 SIZES = {"train": 6, "valid": 3, "test": 4}
+FIRST_ID = {"train": 0, "valid": 100, "test": 200}     # every utterance in one split only, as in real files
 
 
-def mmsa_split(n, rng, len_t=8, len_a=8, len_v=8, d_t=12, lengths=True, pad_words=None):
+def mmsa_split(n, rng, first_id=0, len_t=8, len_a=8, len_v=8, d_t=12, lengths=True, pad_words=None):
     """A tiny MMSA split: real frames first, zero padding after (BERT text is non-zero at padding)."""
     words = pad_words if pad_words is not None else rng.integers(2, len_t + 1, n)
     n_a = np.ceil(words * len_a / len_t).astype(int)
@@ -26,7 +27,7 @@ def mmsa_split(n, rng, len_t=8, len_a=8, len_v=8, d_t=12, lengths=True, pad_word
         "audio": audio,                                  # float64 on purpose, as MOSEI's
         "vision": vision,
         "regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
-        "id": np.array([f"vid{i}$_$1" for i in range(n)]),
+        "id": np.array([f"vid{first_id + i}$_$1" for i in range(n)]),
     }
     if lengths:
         split["audio_lengths"], split["vision_lengths"] = list(n_a), n_v
@@ -36,7 +37,7 @@ def mmsa_split(n, rng, len_t=8, len_a=8, len_v=8, d_t=12, lengths=True, pad_word
 def mmsa_pickle(tmp_path, unaligned=False, lengths=True, name="mmsa.pkl", seed=0, **kw):
     rng = np.random.default_rng(seed)
     lens = dict(len_a=20, len_v=15) if unaligned else {}
-    raw = {s: mmsa_split(n, rng, lengths=lengths, **lens, **kw) for s, n in SIZES.items()}
+    raw = {s: mmsa_split(n, rng, first_id=FIRST_ID[s], lengths=lengths, **lens, **kw) for s, n in SIZES.items()}
     path = tmp_path / name
     path.write_bytes(pickle.dumps(raw))
     return path, raw
@@ -57,7 +58,7 @@ def mult_pickle(tmp_path, unaligned=False):
             "audio": rng.normal(0, 1, (n, len_a, 3)) * mask_a[..., None],
             "vision": rng.normal(0, 1, (n, len_a, 4)) * mask_a[..., None],
             "labels": rng.uniform(-3, 3, (n, 1, 1)),
-            "id": np.array([[f"v{i}".encode(), b"0", b"1"] for i in range(n)]),
+            "id": np.array([[f"v{FIRST_ID[s] + i}".encode(), b"0", b"1"] for i in range(n)]),
         }
         raw[s]["audio"][0, -1, 0] = np.nan     # a real frame (left padding: the last one is real)
         raw[s]["vision"][1, -1, 1] = -np.inf
@@ -233,7 +234,7 @@ def test_not_a_pickle_is_reported(tmp_path):
 ])
 def test_bad_file_content_gets_a_clear_message(tmp_path, breakage, message):
     rng = np.random.default_rng(0)
-    raw = {s: mmsa_split(n, rng) for s, n in SIZES.items()}
+    raw = {s: mmsa_split(n, rng, first_id=FIRST_ID[s]) for s, n in SIZES.items()}
     breakage(raw)
     (tmp_path / "bad.pkl").write_bytes(pickle.dumps(raw))
     with pytest.raises(DataError, match=message):
@@ -242,7 +243,7 @@ def test_bad_file_content_gets_a_clear_message(tmp_path, breakage, message):
 
 def test_lengths_longer_than_the_sequence_are_rejected(tmp_path):
     rng = np.random.default_rng(0)
-    raw = {s: mmsa_split(n, rng, len_a=20, len_v=15) for s, n in SIZES.items()}
+    raw = {s: mmsa_split(n, rng, first_id=FIRST_ID[s], len_a=20, len_v=15) for s, n in SIZES.items()}
     raw["train"]["audio_lengths"] = [30] * 6
     (tmp_path / "bad.pkl").write_bytes(pickle.dumps(raw))
     with pytest.raises(DataError, match=r"lengths range 30..30, expected 0..20"):
@@ -251,22 +252,29 @@ def test_lengths_longer_than_the_sequence_are_rejected(tmp_path):
 
 def test_fractional_lengths_are_rejected_not_truncated(tmp_path):
     rng = np.random.default_rng(0)
-    raw = {s: mmsa_split(n, rng, len_a=20, len_v=15) for s, n in SIZES.items()}
+    raw = {s: mmsa_split(n, rng, first_id=FIRST_ID[s], len_a=20, len_v=15) for s, n in SIZES.items()}
     raw["valid"]["vision_lengths"] = np.array([2.5, 3.0, 4.0])
     (tmp_path / "bad.pkl").write_bytes(pickle.dumps(raw))
     with pytest.raises(DataError, match=r"\[valid\] 'vision_lengths': 1 lengths are not whole numbers \(first: 2.5 at index 0\)"):
         load_dataset(data_path=str(tmp_path / "bad.pkl"))
 
 
+def drop_text_of_two_aligned_samples(raw):
+    """Samples 0 and 3 lose their tokens; without *_lengths, aligned audio/vision follow the text mask."""
+    raw["train"]["text_bert"][[0, 3], 1] = 0
+    for split in raw.values():
+        split.pop("audio_lengths"), split.pop("vision_lengths")
+
+
 @pytest.mark.parametrize("breakage, warning", [
     (lambda r: r["test"]["vision"].__setitem__(Ellipsis, 0), r"\[test\]: 'vision' is zero everywhere \(128 values\)"),
     (lambda r: r["valid"]["audio"].__setitem__(Ellipsis, np.nan), r"\[valid\]: 'audio' is non-finite everywhere \(72 values"),
-    (lambda r: r["train"]["text_bert"].__setitem__(([0, 3], 1), 0),
+    (drop_text_of_two_aligned_samples,
      r"\[train\]: 2 of 6 samples have no real text token \(and so no real audio/vision frame.*First: 'vid0\$_\$1'"),
 ])
 def test_content_a_model_cannot_learn_from_is_warned_with_a_count(tmp_path, capsys, breakage, warning):
     rng = np.random.default_rng(0)
-    raw = {s: mmsa_split(n, rng) for s, n in SIZES.items()}
+    raw = {s: mmsa_split(n, rng, first_id=FIRST_ID[s]) for s, n in SIZES.items()}
     breakage(raw)
     (tmp_path / "odd.pkl").write_bytes(pickle.dumps(raw))
     load_dataset(data_path=str(tmp_path / "odd.pkl"), verbose=False)     # verbose=False silences info, not warnings
@@ -369,7 +377,7 @@ def test_write_synthetic_into_a_bad_place_says_so(tmp_path, capsys, where, messa
 
 def test_all_zero_frames_inside_the_real_length_are_masked_as_missing(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    raw = {s: mmsa_split(n, rng, pad_words=np.full(n, 8)) for s, n in SIZES.items()}
+    raw = {s: mmsa_split(n, rng, first_id=FIRST_ID[s], pad_words=np.full(n, 8)) for s, n in SIZES.items()}
     raw["train"]["vision"][0, 2] = 0.0          # no face found on one frame
     raw["train"]["audio"][1, [0, 5]] = 0.0      # no voice on two frames
     raw["train"]["audio"][2, 3, 0] = 0.0        # one feature at 0 is a value, not a missing frame
@@ -383,3 +391,151 @@ def test_all_zero_frames_inside_the_real_length_are_masked_as_missing(tmp_path, 
     assert int(vision.sum() + audio.sum()) == 2 * 8 * SIZES["train"] - 3
     out = capsys.readouterr().out
     assert "masked frames whose features are all 0" in out and "audio 2, vision 1" in out
+
+
+# ----------------------------------------------------------------------------
+# Data identity, outliers, leakage and files that are subtly off
+
+def test_fingerprint_is_stable_and_changes_with_seed_or_one_label(tmp_path):
+    path, raw = mmsa_pickle(tmp_path)
+    first = load_dataset(data_path=str(path), verbose=False)
+    assert len({ds.fingerprint for ds in first.values()}) == 1 and re.fullmatch(r"[0-9a-f]{16}", first["train"].fingerprint)
+    assert load_dataset(data_path=str(path), normalize=False, verbose=False)["test"].fingerprint == first["test"].fingerprint
+    reseeded, _ = mmsa_pickle(tmp_path, name="seed1.pkl", seed=1)
+    raw["valid"]["regression_labels"][2] += 0.5
+    relabelled = tmp_path / "label.pkl"
+    relabelled.write_bytes(pickle.dumps(raw))
+    others = {load_dataset(data_path=str(p), verbose=False)["train"].fingerprint for p in (reseeded, relabelled)}
+    assert len(others | {first["train"].fingerprint}) == 3
+
+
+@pytest.mark.parametrize("extreme", [1e30, 1e6])
+def test_one_extreme_train_frame_cannot_erase_a_feature(tmp_path, capsys, extreme):
+    path, raw = mmsa_pickle(tmp_path)
+    raw["train"]["audio"][0, 0] = extreme          # one broken frame, every feature
+    path.write_bytes(pickle.dumps(raw))
+    ds = load_dataset(data_path=str(path), verbose=False)
+    test = ds["test"].tensors["audio"][ds["test"].tensors["audio_mask"]]
+    assert (test.std(0) > 0.3).all() and test.abs().max() < 10        # a healthy spread, on the train scale
+    err = capsys.readouterr().err
+    assert re.search(r"warning: .*clipped values far outside .*: train audio 3 values in 1 frame\. Many", err), err
+
+
+def test_clean_data_clips_nothing_and_old_statistics_without_fences_still_apply(tmp_path, capsys):
+    path, _ = mmsa_pickle(tmp_path)
+    fitted = load_dataset(data_path=str(path))
+    assert "clipped" not in capsys.readouterr().err
+    old = {k: {s: v[s] for s in ("mean", "std")} for k, v in fitted["train"].stats.items()}
+    again = load_dataset(data_path=str(path), stats=old)
+    for key, tensor in fitted["test"].tensors.items():
+        assert data.torch.equal(tensor, again["test"].tensors[key]), key
+
+
+def test_modality_without_real_frames_is_warned_and_left_unscaled(tmp_path, capsys):
+    path, raw = mmsa_pickle(tmp_path, unaligned=True)
+    raw["train"]["audio_lengths"] = [0] * SIZES["train"]     # frames in the array, none of them real
+    raw["test"]["vision_lengths"] = np.zeros(SIZES["test"], dtype=int)
+    path.write_bytes(pickle.dumps(raw))
+    ds = load_dataset(data_path=str(path), verbose=False)
+    err = capsys.readouterr().err
+    assert re.search(r"\[train\]: 'audio' has no real frame in any of the 6 samples.*left unscaled \(mean 0, std 1\)", err)
+    assert re.search(r"\[test\]: 'vision' has no real frame in any of the 4 samples", err)
+    stats = ds["train"].stats["audio"]
+    assert (stats["mean"] == 0).all() and (stats["std"] == 1).all()
+    real = np.arange(20)[None] < np.asarray(raw["valid"]["audio_lengths"])[:, None]
+    assert np.allclose(ds["valid"].tensors["audio"][ds["valid"].tensors["audio_mask"]], raw["valid"]["audio"][real])
+
+
+def test_ids_shared_between_splits_or_identical_splits_are_warned(tmp_path, capsys):
+    path, raw = mmsa_pickle(tmp_path)
+    raw["test"]["id"][[1, 3]] = raw["train"]["id"][[4, 5]]
+    raw["valid"] = {k: v[:] for k, v in raw["train"].items()}      # valid is a copy of train
+    path.write_bytes(pickle.dumps(raw))
+    load_dataset(data_path=str(path), verbose=False)
+    err = capsys.readouterr().err
+    assert "splits train and valid are identical (6 samples with the same labels and text features)" in err
+    assert "2 ids occur in both train and test (e.g. 'vid4$_$1')" in err and "valid and test" in err
+
+
+def test_generated_ids_and_distinct_splits_raise_no_leakage_warning(tmp_path, capsys):
+    path, raw = mmsa_pickle(tmp_path)
+    for split in raw.values():
+        split.pop("id")                   # ids become train_0, valid_0, ...: made up, not evidence
+    path.write_bytes(pickle.dumps(raw))
+    assert load_dataset(data_path=str(path), verbose=False)["valid"].ids[0] == "valid_0"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("length", [8, 10])
+def test_text_swap_without_mask_takes_the_main_mask_when_the_length_matches(tmp_path, capsys, length):
+    path, raw = mmsa_pickle(tmp_path)
+    rng = np.random.default_rng(3)
+    swap = {s: {"text": rng.normal(0, 1, (n, length, 30))} for s, n in SIZES.items()}    # BERT-like padding
+    (tmp_path / "swap.pkl").write_bytes(pickle.dumps(swap))
+    ds = load_dataset(data_path=str(path), text_features=str(tmp_path / "swap.pkl"), verbose=False)["train"]
+    err = capsys.readouterr().err
+    if length == 8:
+        assert np.array_equal(ds.tensors["text_mask"].numpy(), raw["train"]["text_bert"][:, 1] > 0) and err == ""
+    else:
+        assert ds.tensors["text_mask"].all()           # every row non-zero: all taken as real, and said so
+        assert "no 'text_lengths' or 'text_bert' and another token length" in err and "train 10 vs 8" in err
+
+
+def test_lengths_are_honoured_when_every_modality_is_padded_to_one_length(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = {s: mmsa_split(n, rng, first_id=FIRST_ID[s]) for s, n in SIZES.items()}
+    tr = raw["train"]
+    tr["vision"][:] = rng.normal(0, 1, tr["vision"].shape)      # unaligned, padded to the text's length:
+    tr["vision_lengths"] = np.full(6, 8)                       # every vision frame is real
+    tr["audio_lengths"][0] = 1
+    (tmp_path / "one_length.pkl").write_bytes(pickle.dumps(raw))
+    ds = load_dataset(data_path=str(tmp_path / "one_length.pkl"), verbose=False)
+    train, text_mask = ds["train"], raw["train"]["text_bert"][:, 1] > 0
+    assert train.tensors["vision_mask"].all() and not train.aligned
+    assert train.tensors["audio_mask"][0].sum() == 1 and np.array_equal(train.tensors["audio_mask"][1:], text_mask[1:])
+    assert ds["valid"].aligned       # lengths equal to the text's: aligned, as in MMSA's aligned files
+
+
+def test_aligned_file_storing_the_padded_length_still_masks_padding(tmp_path):
+    path, raw = mmsa_pickle(tmp_path)
+    for split in raw.values():
+        split["audio_lengths"] = split["vision_lengths"] = np.full(len(split["id"]), 8)
+    path.write_bytes(pickle.dumps(raw))
+    ds = load_dataset(data_path=str(path), verbose=False)["test"]
+    text_mask = raw["test"]["text_bert"][:, 1] > 0
+    assert np.array_equal(ds.tensors["audio_mask"].numpy(), text_mask)
+    assert np.array_equal(ds.tensors["vision_mask"].numpy(), text_mask)
+
+
+RAGGED = [np.zeros((8, 3)), np.zeros((5, 3))] * 3
+BAD_VALUES = [
+    (lambda r: r["train"].update(audio=RAGGED), r"\[train\]: 'audio' is not an array of numbers \(.*inhomogeneous"),
+    (lambda r: r["train"].update(audio=np.array(RAGGED, dtype=object)),
+     r"\[train\]: 'audio' has shape \(6,\) \(an object array: per-utterance arrays of different lengths\?\)"),
+    (lambda r: r["valid"].update(vision=r["valid"]["vision"].astype(str)), r"\[valid\]: 'vision' is not an array of numbers \(dtype <U"),
+    (lambda r: r["test"].update(text_bert=r["test"]["text_bert"].astype(str).astype(object) + "x"),
+     r"\[test\]: 'text_bert' is not numeric \(could not convert string to float"),
+    (lambda r: r["train"].update(regression_labels=np.zeros((6, 2))),
+     r"\[train\]: 'regression_labels' has shape \(6, 2\); expected one sentiment score per sample"),
+    (lambda r: r["train"].update(regression_labels=np.zeros((6, 1, 3))), r"\[train\]: 'regression_labels' has shape \(6, 1, 3\); expected one sentiment score"),
+]
+
+
+@pytest.mark.parametrize("breakage, message", BAD_VALUES)
+def test_bad_values_name_file_split_and_key_in_load_and_summary(tmp_path, capsys, breakage, message):
+    rng = np.random.default_rng(0)
+    raw = {s: mmsa_split(n, rng, first_id=FIRST_ID[s]) for s, n in SIZES.items()}
+    breakage(raw)
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(pickle.dumps(raw))
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))} {message}"):
+        load_dataset(data_path=str(path))
+    assert data.main(["--summary", "--data-path", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and re.search(message, err)
+
+
+def test_mult_labels_of_shape_n_1_1_stay_fine(tmp_path):
+    path, raw, _ = mult_pickle(tmp_path)
+    assert raw["train"]["labels"].shape == (6, 1, 1)
+    assert load_dataset(data_path=str(path), verbose=False)["train"].tensors["label"].shape == (6,)
