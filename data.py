@@ -626,7 +626,7 @@ def fingerprint_of(splits):
 # comes from audio pooled over time and from the words, the sign from vision
 # pooled over time or from the words corrected by the audio burst ("the words
 # say X unless the tone says otherwise"). What the trained model really uses is
-# measured, not assumed: README (Results) and notebooks 03, 05 and 06.
+# measured, not assumed: RESULTS.md (Notebook investigations) and notebooks 05 and 06.
 # Raw feature scales differ by orders of magnitude across and within the
 # modalities (like COVAREP and Facet), so standardisation matters.
 
