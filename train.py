@@ -276,6 +276,7 @@ def report(model, datasets, settings, folder, history, device="cpu"):
 
 MAX_SEED = 2**32 - 1     # numpy's seed range
 DATA_FLAGS = ("dataset", "data_path", "data_dir", "unaligned", "text_features", "synthetic_size")
+MODES = {"eval_only": (*DATA_FLAGS, "device", "batch_size", "drop_modality"), "compare": ()}   # and what they take
 
 
 def add_options(parser, title, cls):
@@ -350,6 +351,11 @@ def parse_args(argv):
         p.error(f"--seeds must be different whole numbers from 0 to {MAX_SEED} (numpy's seed range), got {args.seeds}")
     if args.eval_only and args.compare:
         p.error("--eval-only and --compare are separate modes; give one of them")
+    for mode, takes in MODES.items():      # a flag that a mode would ignore is refused, never dropped silently
+        ignored = [flag for dest, flag in args.given.items() if dest not in (mode, *takes)] if getattr(args, mode) else []
+        if ignored:
+            p.error(f"--{mode.replace('_', '-')} would ignore {', '.join(ignored)}; leave them out (it takes "
+                    f"{', '.join('--' + d.replace('_', '-') for d in takes) or 'only run folders'})")
     if args.drop_modality and not args.eval_only:
         p.error("--drop-modality applies to --eval-only; a training run already reports test metrics without each "
                 "modality (result.json 'test_drop'); to train without one, use --modalities")
@@ -379,11 +385,6 @@ def eval_only(args, device):
     """Evaluate a checkpoint as trained, on its own data or on other data (same widths), always with
     the checkpoint's own normalisation statistics."""
     ckpt = load_checkpoint(args.eval_only)
-    refused = [flag for dest, flag in args.given.items()
-               if dest not in (*DATA_FLAGS, "eval_only", "device", "batch_size", "drop_modality")]
-    if refused:
-        raise DataError(f"--eval-only evaluates {args.eval_only} as it was trained; {', '.join(refused)} would be "
-                        f"ignored. Leave them out (it takes data flags, --batch-size, --drop-modality, --device)")
     changes = {k: getattr(args, k) for k in DATA_FLAGS if k in args.given}
     if "dataset" in changes or "data_path" in changes:     # other data: none of the checkpoint's files apply
         changes = {"data_path": None, "text_features": None, **changes}
