@@ -264,7 +264,7 @@ def report(model, datasets, settings, folder, history, device="cpu"):
                             for m in settings.modalities},
               "best_epoch": best["epoch"], "epochs": len(history),
               "epoch_seconds": float(np.mean([h["seconds"] for h in history])), "seed": best["seed"],
-              "config": run_record(model.config, settings, datasets["train"])}
+              "config": best["record"]}
     write_json(os.path.join(folder, RESULT), result)
     write_predictions(os.path.join(folder, "predictions.csv"), datasets["test"].ids, label, pred, weights)
     plot_run(folder, history, pred, label, weights)
@@ -416,6 +416,7 @@ def train_seeds(args, device, argv):
     print(f"data: {datasets['train'].source} | train/valid/test {[len(d) for d in datasets.values()]} | "
           f"widths {datasets['train'].dims} | lengths {datasets['train'].lengths}")
     print(f"model: MIAR with {count_parameters(MIAR(config)):,} parameters on {device} | {config}")
+    summary = None
     with contextlib.ExitStack() as claims:
         for seed in args.seeds:
             claim(folders[seed], claims)
@@ -427,14 +428,14 @@ def train_seeds(args, device, argv):
                 model = new_model(config, seed, device)
                 history = fit(model, datasets, args.settings, seed, folders[seed], device, resume.get(seed))
                 result = report(model, datasets, args.settings, folders[seed], history, device)
-                summarise(args.out)
+                summary = summarise(args.out)
             except (KeyboardInterrupt, Stopped) as e:
                 stop = e if isinstance(e, Stopped) else Stopped("interrupted (Ctrl-C)", 130)
                 raise Stopped(stopped_message(stop, args.out, seed, argv), stop.code) from None
             print_table(f"seed {seed}: test (best valid epoch {result['best_epoch']})", result["test"])
             print("  without a modality (test MAE / Acc-2 non-0): " + ", ".join(
                 f"-{m} {v['mae']:.3f} / {100 * v['acc2_non0']:.2f}" for m, v in result["test_drop"].items()))
-    summary = summarise(args.out)
+    summary = summary or summarise(args.out)         # every seed had finished before (--resume)
     print_table(f"test, mean ± std over {len(summary['seeds'])} seed(s) {sorted(map(int, summary['seeds']))}",
                 summary["test_mean"], summary["test_std"])
     print(f"wrote {os.path.join(args.out, RESULTS)}")
