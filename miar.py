@@ -35,7 +35,7 @@ Axis names: b batch, l frames, d width, h heads, k tokens; i and j are the query
 and key positions inside attention. Masks are booleans, True = real frame.
 """
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn as nn
@@ -49,10 +49,14 @@ QUERY_INIT_STD = 0.02                        # learned queries start small next 
 VARIANCE_EPS = 1e-5                          # keeps the spread's sqrt differentiable for a one-frame utterance
 
 
-def option(default, help, choices=None):
+def option(default, help, choices=None, neutral=False):
     """A config field that is also one of train.py's command-line flags (--d-model, ...), with this
-    default and help: a new hyperparameter is one line here, and the CLI and results files follow."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+    default and help: a new hyperparameter is one line here, and the CLI and results files follow.
+
+    neutral=True says that the default reproduces the model (or training) without this field, which
+    is how a fork adds an idea: a run record leaves such a field out while it is at its default, so
+    run folders recorded before the field existed still match and take new seeds (runs.run_record)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "neutral": neutral})
 
 
 @dataclass
@@ -102,6 +106,10 @@ class MIARConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"MIARConfig.{name}: found {getattr(self, name)!r}, expected {expected}")
+
+    def for_data(self, datasets):
+        """This config with the feature widths of `datasets` (load_dataset's), read, never assumed (claim 5)."""
+        return replace(self, **{f"{m}_dim": d for m, d in datasets["train"].dims.items()})
 
 
 @dataclass

@@ -2,15 +2,17 @@
 runs.py -- run folders and checkpoints: what train.py writes, and how it is read back.
 
     runs/synthetic/                 --out: one training command, or several with the same flags and data
+      record.json                   what runs here (model, settings, data fingerprint): written once, first
       results.json                  summary: each seed's result, test mean ± std over the seeds
       seed_1111/
-        best.pt  last.pt            checkpoints (best valid MAE; the latest epoch, for --resume)
-        result.json                 this seed's metrics and `record` (what ran)
+        best.pt  last.pt            checkpoints (best valid MAE; the latest epoch, to go on from)
         predictions.csv  *.png      test predictions, learning curves, token weights
+        result.json                 this seed's metrics and record: written last, so a seed is finished
+                                    exactly when its result.json exists
 
-Every file is written whole or not at all (`written`), each seed's result as soon as it is finished,
-and two commands writing into one folder at once keep each other's seeds. A folder only ever holds
-seeds of one record (model, settings, data fingerprint): its mean over seeds is one experiment.
+Three invariants replace checks after the fact: every file appears whole or not at all (`written`);
+record.json is created once, exclusively, and every run into the folder is held against it, so a
+folder's seeds are one experiment; a seed's result.json is its last file.
 """
 import contextlib
 import csv
@@ -19,7 +21,7 @@ import json
 import math
 import os
 import shlex
-from dataclasses import asdict
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -36,13 +38,19 @@ class Stopped(Exception):
         self.code = code     # main's exit code: 128 + the signal's number (as shells report it), 1 for a write
 
 
-def written(path, write):
-    """write(tmp), then rename tmp to path: a reader sees the old file or the new one, never half of
-    one, and a stop midway (Ctrl-C, SIGTERM, a full disk) leaves no temporary behind."""
+def written(path, write, exclusive=False):
+    """write(tmp), then move tmp to path: a reader sees the old file or the new one, never half of
+    one, and a stop midway (Ctrl-C, SIGTERM, a full disk) leaves no temporary behind. exclusive:
+    link instead of rename, which fails with FileExistsError if path exists (one writer wins)."""
     tmp = f"{path}.{os.getpid()}.tmp"       # per process: two runs may write into one folder
     try:
         write(tmp)
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except FileExistsError:
+        raise
     except (OSError, RuntimeError) as e:      # torch reports a full disk as a RuntimeError
         raise Stopped(f"cannot write {path} ({e}); is the disk full or the folder read-only?", 1) from None
     finally:
@@ -54,7 +62,7 @@ def save_checkpoint(path, **state):
     written(path, lambda tmp: torch.save(state, tmp))
 
 
-def write_json(path, obj):
+def write_json(path, obj, exclusive=False):
     """obj as JSON; undefined metrics (NaN: Corr of a constant prediction, non-0 scores when every
     label is 0) are written as null, with a warning that says where."""
     nans = []
@@ -71,14 +79,14 @@ def write_json(path, obj):
     def dump(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
-    written(path, dump)
+    written(path, dump, exclusive)
     if nans:
         warn(f"{len(nans)} undefined metric(s) (NaN) written as null to {path}: {', '.join(n[1:] for n in nans)}. "
              f"Corr is undefined for a constant prediction, Acc-2/F1 non-0 when every label is 0")
 
 
-CHECKPOINT_KEYS = {"model", "record", "stats", "seed"}
-RESUME_KEYS = {"optimizer", "history", "best_mae", "bad_epochs", "shuffle_state", "torch_state"}
+CHECKPOINT_KEYS = {"model", "record", "stats", "seed"}     # best.pt; last.pt holds "state" instead of "model"
+LAST_KEYS = {"state", "record", "stats", "seed"}
 
 
 def load_checkpoint(path, keys=CHECKPOINT_KEYS):
@@ -90,7 +98,7 @@ def load_checkpoint(path, keys=CHECKPOINT_KEYS):
         raise DataError(f"{path} is not a MIAR checkpoint ({type(e).__name__}: {str(e)[:200]}); train it again")
     missing = keys - set(ckpt) if isinstance(ckpt, dict) else keys
     if missing:
-        raise DataError(f"{path} is not a {'last.pt' if keys != CHECKPOINT_KEYS else 'MIAR checkpoint'} written by "
+        raise DataError(f"{path} is not a {'last.pt' if keys == LAST_KEYS else 'MIAR checkpoint'} written by "
                         f"this train.py: missing {sorted(missing)}; train it again")
     return ckpt
 
@@ -99,54 +107,73 @@ def stats_to_tensors(stats):
     return None if stats is None else {m: {k: torch.as_tensor(v) for k, v in s.items()} for m, s in stats.items()}
 
 
+def as_record(config):
+    """A config dataclass as a dict, without its `neutral` fields that are at their default (miar.option)."""
+    return {f.name: getattr(config, f.name) for f in fields(config)
+            if not (f.metadata.get("neutral") and getattr(config, f.name) == f.default)}
+
+
 def run_record(config, settings, train):
     """What ran: the model, the training settings and the data (how to load it, and its fingerprint),
-    as JSON types. Checkpoints and result files carry it; a run folder holds seeds of one record."""
+    as JSON types. Checkpoints, result files and record.json carry it."""
     data = {**train.recipe, "fingerprint": train.fingerprint}
-    return json.loads(json.dumps({"model": asdict(config), "train": asdict(settings), "data": data}))
+    return json.loads(json.dumps({"model": as_record(config), "train": as_record(settings), "data": data}))
+
+
+def same_data(a, b):
+    """Two fingerprints of one version compared; of two versions (data.fingerprint_of, "v2:..." against
+    the older bare digits) they cannot be, and count as the same, so that older run folders stay usable."""
+    version = lambda f: str(f).split(":")[0] if ":" in str(f) else "v1"
+    return a == b or version(a) != version(b)
 
 
 def differences(had, now):
     """What differs between two run records: model, settings, and the data's fingerprint (not its
     path: the same file moved is the same data, a file rewritten in place is not)."""
-    keys = [("model", k) for k in now["model"]] + [("train", k) for k in now["train"]] + [("data", "fingerprint")]
-    return [f"{part}.{k}: {had.get(part, {}).get(k, '(missing)')!r} there, {now[part][k]!r} here"
-            for part, k in keys if had.get(part, {}).get(k) != now[part][k]]
+    diff = [(f"{part}.{k}", had.get(part, {}).get(k, "(missing)"), now.get(part, {}).get(k, "(missing)"))
+            for part in ("model", "train") for k in {**had.get(part, {}), **now.get(part, {})}]
+    prints = [r.get("data", {}).get("fingerprint") for r in (had, now)]
+    diff += [] if same_data(*prints) else [("data.fingerprint", *prints)]
+    return [f"{key}: {a!r} there, {b!r} here" for key, a, b in diff if a != b]
 
 
-def model_and_data(ckpt, path, device="cpu", changes=None, verbose=True):
+def model_and_data(ckpt, path, device="cpu", changes=None, verbose=True, model_class=MIAR, config_class=MIARConfig):
     """A checkpoint's model (eval mode) and its data, or the data that `changes` to its recipe name
-    (other data), standardised with the checkpoint's own train statistics, never refitted."""
+    (other data), standardised with the checkpoint's own train statistics, never refitted. A fork
+    passes its own model and config classes."""
     record = ckpt["record"]
     try:
-        config = MIARConfig(**record["model"])
+        config = config_class(**record["model"])
         recipe = {**record["data"], **(changes or {})}
         fingerprint = recipe.pop("fingerprint")
         stats = {m: {k: v.numpy() for k, v in s.items()} for m, s in ckpt["stats"].items()} if ckpt["stats"] else None
         datasets = load_dataset(**recipe, stats=stats, verbose=verbose)
-        model = MIAR(config).to(device)
+        model = model_class(config).to(device)
         model.load_state_dict(ckpt["model"])
     except DataError:
         raise
     except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as e:
         raise DataError(f"{path} does not fit this MIAR or its data ({type(e).__name__}: {str(e).splitlines()[0]}); "
                         f"it was written by another version of miar.py, or the data's widths changed") from None
-    if not changes and datasets["train"].fingerprint != fingerprint:
+    if not changes and not same_data(fingerprint, datasets["train"].fingerprint):
         warn(f"the data at {recipe['data_path'] or recipe['dataset']} changed since {path} was trained "
              f"(fingerprint {fingerprint} then, {datasets['train'].fingerprint} now)")
     return model.eval(), datasets
 
 
-def load_trained(path, device="cpu", verbose=False):
+def load_trained(path, device="cpu", verbose=False, model_class=MIAR, config_class=MIARConfig):
     """A trained run, ready to use: (model in eval mode, its data, the checkpoint dict)."""
     ckpt = load_checkpoint(path)
-    return (*model_and_data(ckpt, path, device, verbose=verbose), ckpt)
+    return (*model_and_data(ckpt, path, device, verbose=verbose, model_class=model_class,
+                            config_class=config_class), ckpt)
 
 
 # ----------------------------------------------------------------------------
-# A run folder: seed_<N>/ per seed, and results.json, their summary
+# A run folder: record.json, seed_<N>/ per seed, and results.json, their summary
 
-RESULT, RESULTS = "result.json", "results.json"
+RECORD, RESULT, RESULTS = "record.json", "result.json", "results.json"
+OUTPUTS = ("predictions.csv", "learning_curves.png", "pred_vs_true.png", "token_weights.png")   # before RESULT
+SEED_FILES = ("best.pt", "last.pt", *OUTPUTS, RESULT)
 
 
 def read_result(path):
@@ -155,7 +182,7 @@ def read_result(path):
         with open(path) as f:
             r = json.load(f)
         bad = [f"{part}.{k}" for part in ("valid", "test") for k in METRICS
-               if r[part][k] is not None and not isinstance(r[part][k], (int, float))]
+               if r[part][k] is not None and (isinstance(r[part][k], bool) or not isinstance(r[part][k], (int, float)))]
         if bad:
             raise ValueError(f"{', '.join(bad)} are not numbers")
         if not isinstance(r["config"]["model"], dict) or not isinstance(r["config"]["train"], dict):
@@ -171,6 +198,39 @@ def finished_seeds(out):
     names = sorted(os.listdir(out)) if os.path.isdir(out) else []
     return {int(n[5:]): read_result(os.path.join(out, n, RESULT)) for n in names
             if n.startswith("seed_") and n[5:].isdigit() and os.path.isfile(os.path.join(out, n, RESULT))}
+
+
+def folder_record(out, seeds):
+    """The folder's record.json, or for a folder written before record.json existed (or through the
+    Python API), the record its finished seeds share; None for a folder without either."""
+    path = os.path.join(out, RECORD)
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (ValueError, OSError) as e:
+            raise DataError(f"{path} is damaged ({e}); move it away and the folder's seeds define it again") from None
+    shared = {json.dumps(r["config"], sort_keys=True): r["config"] for r in seeds.values()}
+    if len(shared) > 1:
+        raise DataError(f"{out}: its seeds ran different configurations or data ({', '.join(map(str, seeds))}); "
+                        f"move the seed folders that do not belong apart")
+    return next(iter(shared.values()), None)
+
+
+def hold_to_record(out, record):
+    """Make `record` the folder's record if it has none (exclusively: of two runs starting at once,
+    one writes it and the other is held against it); refuse a run of another record."""
+    had = folder_record(out, finished_seeds(out))
+    if not os.path.isfile(os.path.join(out, RECORD)):
+        try:
+            write_json(os.path.join(out, RECORD), had or record, exclusive=True)
+        except FileExistsError:       # another run made it just now
+            had = folder_record(out, {})
+    diff = differences(had or record, record)
+    if diff:
+        raise DataError(f"{out} holds runs of another configuration or other data ({'; '.join(diff)}); their "
+                        f"seeds and these would be averaged. Use the flags and data of that run, or another --out "
+                        f"(to start over, delete {out})")
 
 
 def metric(seeds, part, key):
@@ -199,14 +259,15 @@ def summarise(out):
         summary = {"seeds": {str(s): {k: v for k, v in r.items() if k != "config"} for s, r in seeds.items()},
                    "test_mean": {k: float(np.mean(v)) for k, v in values.items()},
                    "test_std": {k: float(np.std(v)) for k, v in values.items()},
-                   "config": seeds[max(seeds)]["config"]}
+                   "config": folder_record(out, seeds)}
         write_json(os.path.join(out, RESULTS), summary)
     return summary
 
 
 def prepare_out(out, seeds):
     """--out checked before any data is read: a folder we can write to, whose finished seeds are
-    readable and whose seed_<N> are folders. Returns the finished seeds."""
+    readable, whose seed files are files, and whose last.pt of each seed still to do is that seed's.
+    Returns (finished seeds, {seed: its last.pt, to go on from, or to rebuild missing outputs from})."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"--out {out} is a file; expected a folder (it is created when missing)")
     try:
@@ -218,85 +279,139 @@ def prepare_out(out, seeds):
     for folder in (os.path.join(out, f"seed_{s}") for s in seeds):
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise DataError(f"{folder} is a file; expected the seed's folder there. Move it away or pick another --out")
-    return finished_seeds(out)
+        for path in (os.path.join(folder, name) for name in SEED_FILES):
+            if os.path.isdir(path):
+                raise DataError(f"{path} is a folder; expected the file that train.py writes there. Move it away")
+    done, resume = finished_seeds(out), {}
+    for seed in seeds:
+        last = os.path.join(out, f"seed_{seed}", "last.pt")
+        complete = seed in done and all(os.path.isfile(os.path.join(out, f"seed_{seed}", o)) for o in OUTPUTS)
+        if os.path.isfile(last) and not complete:
+            resume[seed] = load_checkpoint(last, LAST_KEYS)
+            if resume[seed]["seed"] != seed:
+                raise DataError(f"{last} holds the training of seed {resume[seed]['seed']}, not of seed {seed} (was it "
+                                f"copied there?); move it away, and seed {seed} starts from the beginning")
+    folder_record(out, done)         # a damaged record.json, or seeds of several records, before any data is read
+    return done, resume
 
 
 def claim(folder, stack):
     """Hold a lock on a seed's folder until the run ends: the same seed trained twice at once would
-    overwrite its own checkpoints, so the second run is refused."""
+    overwrite its own checkpoints, so the second run is refused. Then no other run writes here, and
+    the temporaries that a killed run left behind can go."""
     os.makedirs(folder, exist_ok=True)
     try:
         stack.enter_context(locked(folder, wait=False))
     except BlockingIOError:
         raise DataError(f"{folder} is being trained right now by another run; wait for it to end, or pick "
                         f"other --seeds or another --out") from None
+    for name in os.listdir(folder):
+        if name.endswith(".tmp"):
+            os.remove(os.path.join(folder, name))
 
 
 # ----------------------------------------------------------------------------
-# Predictions and figures of a seed
+# Predictions and figures of a seed, each written whole
+
+CURVES = ([("train_loss", "train loss (L1 + λ·con)"), ("train_l1", "train L1"), ("valid_mae", "valid MAE")],
+          [("valid_acc2_non0", "valid Acc-2 (non-0)"), ("valid_acc7", "valid Acc-7")])
 
 def write_predictions(path, ids, label, pred, weights):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label", "prediction", *[f"w_{k}" for k in TOKENS]])
-        for row in zip(ids, label, pred, *weights.T):
-            w.writerow([row[0]] + [f"{v:.5f}" for v in row[1:]])
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "label", "prediction", *[f"w_{k}" for k in TOKENS]])
+            for row in zip(ids, label, pred, *weights.T):
+                w.writerow([row[0]] + [f"{v:.5f}" for v in row[1:]])
+    written(path, write)
 
 
 def plot_run(folder, history, pred, label, weights):
     """learning_curves.png, pred_vs_true.png, token_weights.png in folder. Figure objects, not pyplot:
     nothing changes the caller's backend (a notebook keeps its own plots), and no display is needed."""
     from matplotlib.figure import Figure
-
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(9, 3.2)); ax = fig.subplots(1, 2)
-    for key, name in (("train_loss", "train loss (L1 + λ·con)"), ("train_l1", "train L1"), ("valid_mae", "valid MAE")):
-        ax[0].plot(epochs, [h[key] for h in history], label=name)
-    for key, name in (("valid_acc2_non0", "valid Acc-2 (non-0)"), ("valid_acc7", "valid Acc-7")):
-        ax[1].plot(epochs, [h[key] for h in history], label=name)
-    for a in ax:
-        a.set_xlabel("epoch"); a.legend()
-    fig.tight_layout(); fig.savefig(os.path.join(folder, "learning_curves.png"), dpi=100)
-
-    fig = Figure(figsize=(4, 4)); ax = fig.subplots()
+    curves, scatter, boxes = Figure(figsize=(9, 3.2)), Figure(figsize=(4, 4)), Figure(figsize=(5, 3.2))
+    for ax, lines in zip(curves.subplots(1, 2), CURVES):
+        for key, name in lines:
+            ax.plot([h["epoch"] for h in history], [h[key] for h in history], label=name)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    ax = scatter.subplots()
     ax.scatter(label, pred, s=6, alpha=0.5)
     ax.plot([-3, 3], [-3, 3], "k--", lw=1)
-    ax.set_xlabel("true sentiment"); ax.set_ylabel("predicted"); ax.set_title("test: predicted vs true")
-    fig.tight_layout(); fig.savefig(os.path.join(folder, "pred_vs_true.png"), dpi=100)
-
-    fig = Figure(figsize=(5, 3.2)); ax = fig.subplots()
+    ax.set(xlabel="true sentiment", ylabel="predicted", title="test: predicted vs true")
+    ax = boxes.subplots()
     ax.boxplot(weights, showfliers=False)
     ax.set_xticks(range(1, len(TOKENS) + 1), TOKENS)
-    ax.set_ylabel("fusion weight α"); ax.set_title("test: per-sample token weights")
-    fig.tight_layout(); fig.savefig(os.path.join(folder, "token_weights.png"), dpi=100)
+    ax.set(ylabel="fusion weight α", title="test: per-sample token weights")
+    for fig, name in zip((curves, scatter, boxes), OUTPUTS[1:]):
+        fig.tight_layout()
+        written(os.path.join(folder, name), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 
 
 # ----------------------------------------------------------------------------
-# Tables
+# Tables, and the paired comparison of run folders
 
 TABLE = [("Acc-2 has-0/non-0", ("acc2_has0", "acc2_non0")), ("F1 has-0/non-0", ("f1_has0", "f1_non0")),
          ("Acc-5", ("acc5",)), ("Acc-7", ("acc7",)), ("MAE", ("mae",)), ("Corr", ("corr",))]
 METRICS = [k for _, keys in TABLE for k in keys]     # what every result must hold
 
 
-def format_row(mean, std=None):
+def format_cells(mean, std=None):
     """The field's columns: accuracies and F1 in %, MAE and Corr as fractions; null (undefined) as nan."""
     cells = []
     for _, keys in TABLE:
         scale, fmt = (1, "{:.3f}") if keys[0] in ("mae", "corr") else (100, "{:.2f}")
         show = lambda v: fmt.format((math.nan if v is None else v) * scale)
         cells.append(" / ".join(show(mean[k]) + (f"±{show(std[k])}" if std is not None else "") for k in keys))
-    return " | ".join(cells)
+    return cells
+
+
+def print_columns(rows):
+    """Rows of cells, each column as wide as its widest cell."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print(" | ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
 
 
 def print_table(title, mean, std=None):
-    print(f"\n{title}\n" + " | ".join(name for name, _ in TABLE) + "\n" + format_row(mean, std))
+    print(f"\n{title}")
+    print_columns([[name for name, _ in TABLE], format_cells(mean, std)])
+
+
+def paired(base, other):
+    """other - base, paired seed by seed, of a lower-is-better metric ({seed: value} each): over the
+    seeds both have, the mean difference Δ, its standard error (std of Δ with ddof=1, over √n; NaN
+    for one seed) and on how many seeds `other` is strictly lower (better) and strictly higher."""
+    seeds = sorted(set(base) & set(other))
+    delta = np.array([other[s] - base[s] for s in seeds], dtype=float)
+    n = len(seeds)
+    return {"seeds": seeds, "n": n, "mean": float(delta.mean()) if n else math.nan,
+            "se": float(delta.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+            "better": int((delta < 0).sum()), "worse": int((delta > 0).sum())}
+
+
+MIN_SEEDS = 3      # fewer shared seeds than this: too few to say
+DECISION = ("decide on valid MAE: |Δ| > 2 SE and most shared seeds agree: better or worse; otherwise a tie; "
+            f"fewer than {MIN_SEEDS} shared seeds: too few to say. Valid also picked each seed's best epoch, which "
+            "flatters noisier runs; test reports, it does not decide")
+
+
+def verdict(p):
+    """The decision rule (DECISION) applied to a `paired` result on valid MAE."""
+    if p["n"] < MIN_SEEDS:
+        return "too few seeds"
+    if p["mean"] < -2 * p["se"] and p["better"] > p["n"] / 2:
+        return "better"
+    if p["mean"] > 2 * p["se"] and p["worse"] > p["n"] / 2:
+        return "worse"
+    return "tie"
 
 
 def compare_runs(paths):
-    """One row per run folder: its seeds, test mean ± std, the mean valid MAE (what model selection
-    sees), and, paired seed by seed with the *first* run, on how many shared seeds its test MAE is
-    lower: with MOSI-like seed swings a mean gap means little unless the same seeds agree."""
+    """Each run folder's test mean ± std; then against the first folder: how their records differ (flags,
+    data, torch and device), and paired over their shared seeds the Δ MAE ± SE on valid (which decides,
+    by DECISION) and on test (which reports). Returns one dict per folder."""
     rows = []
     for path in paths:
         seeds = finished_seeds(path)
@@ -304,19 +419,29 @@ def compare_runs(paths):
             raise DataError(f"no finished seed in {path} (seed_<N>/{RESULT}); pass the --out folder of a run")
         test = {k: list(metric(seeds, "test", k).values()) for k in METRICS}
         rows.append({"name": os.path.basename(os.path.normpath(path)), "seeds": seeds,
-                     "mean": {k: float(np.mean(v)) for k, v in test.items()},
-                     "std": {k: float(np.std(v)) for k, v in test.items()},
-                     "valid_mae": float(np.mean(list(metric(seeds, "valid", "mae").values()))),
-                     "test_mae": metric(seeds, "test", "mae")})
-    width, first = max(len(r["name"]) for r in rows), rows[0]
-    print(f"{'run':{width}s} | seeds | " + " | ".join(name for name, _ in TABLE)
-          + f" | valid MAE | test MAE lower than {first['name']}")
-    for r in rows:
-        shared = [s for s in r["seeds"] if s in first["seeds"]]
-        r["wins"] = (sum(r["test_mae"][s] < first["test_mae"][s] for s in shared), len(shared))
-        wins = f"{r['wins'][0]} of {r['wins'][1]} seeds" if r is not first else "-"
-        print(f"{r['name']:{width}s} | {len(r['seeds']):5d} | {format_row(r['mean'], r['std'])}"
-              f" | {r['valid_mae']:.3f} | {wins}")
+                     "record": folder_record(path, seeds), "mean": {k: np.mean(v) for k, v in test.items()},
+                     "std": {k: np.std(v) for k, v in test.items()},
+                     "ran on": sorted({f"torch {r.get('torch')} on {r.get('device')}" for r in seeds.values()})})
+    first, se = rows[0], lambda p: "n/a" if math.isnan(p["se"]) else f"{p['se']:.3f}"
+    print_columns([["run", "seeds", *[name for name, _ in TABLE]]] +
+                  [[r["name"], str(len(r["seeds"])), *format_cells(r["mean"], r["std"])] for r in rows])
+    table = [[f"vs {first['name']}", "shared seeds", "Δ valid MAE ± SE", "better", "Δ test MAE ± SE", "better",
+              "verdict"]]
+    for r in rows[1:]:
+        r["differences"] = differences(first["record"], r["record"]) + (
+            [f"ran on: {first['ran on']} there, {r['ran on']} here"] if r["ran on"] != first["ran on"] else [])
+        r.update({part: paired(metric(first["seeds"], part, "mae"), metric(r["seeds"], part, "mae"))
+                  for part in ("valid", "test")})
+        r["verdict"] = verdict(r["valid"])
+        table.append([r["name"], " ".join(map(str, r["valid"]["seeds"])) or "none", *[
+            cell for p in (r["valid"], r["test"]) for cell in (f"{p['mean']:+.3f} ± {se(p)}", f"{p['better']} of {p['n']}")],
+            r["verdict"]])
+    if len(rows) > 1:
+        print()
+        print_columns(table)
+        for r in rows[1:]:
+            print(f"{r['name']} differs from {first['name']}: {'; '.join(r['differences']) or 'nothing recorded'}")
+        print(f"Δ = folder − {first['name']}, lower is better. Rule: {DECISION}.")
     return rows
 
 
@@ -324,9 +449,7 @@ def stopped_message(stop, out, seed, argv):
     """What a stop during `seed` leaves behind, and the command that goes on from there."""
     kept = sorted(finished_seeds(out))
     last = os.path.join(out, f"seed_{seed}", "last.pt")
-    where = f"seed {seed} goes on from its last.pt" if os.path.isfile(last) else f"seed {seed} starts again"
-    again = shlex.join(["python", "train.py", *[a for a in argv if a != "--resume"], "--resume"])
+    where = (f"seed {seed} is finished" if seed in kept else f"seed {seed} goes on from its last.pt"
+             if os.path.isfile(last) else f"seed {seed} starts again")
     return (f"{stop} during seed {seed}. Finished seeds kept in {out}: {kept or 'none'}. "
-            f"Go on with ({where}):\n  {again}")
-
-
+            f"Go on with the same command ({where}):\n  {shlex.join(['python', 'train.py', *argv])}")

@@ -8,12 +8,9 @@ train.py -- train MIAR and evaluate it with the field's metrics.
 
 Read it top to bottom: TrainConfig (the training settings, beside miar.MIARConfig), the metrics,
 the batches, `fit` (the learning algorithm, on one screen), `report` (test metrics of the best-valid
-checkpoint), then the run folders and the command line, whose flags are made from the two
-dataclasses. Model selection sees the valid split only; test is touched once, after training.
-
-A run folder (--out) holds seed_<N>/ per seed: best.pt and last.pt (weights, what ran, the train
-statistics), result.json (that seed's metrics and what ran), predictions.csv and three figures.
-results.json beside them is their summary, mean ± std over seeds, rewritten after every seed.
+checkpoint), then the command line, whose flags are made from the two dataclasses (and data.py's).
+Model selection sees the valid split only; test is touched once, after training. What a run folder
+(--out) holds, and why it is safe to stop and share: runs.py.
 """
 import argparse
 import contextlib
@@ -22,15 +19,16 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+import typing
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import DataError, load_dataset
+from data import DATA_FLAGS, DataError, add_data_flags, load_dataset
 from miar import MIAR, MODALITIES, MIARConfig, count_parameters, option
-from runs import (CHECKPOINT_KEYS, RESULT, RESULTS, RESUME_KEYS, Stopped, claim, compare_runs, differences,
+from runs import (OUTPUTS, RESULT, RESULTS, Stopped, claim, compare_runs, differences, hold_to_record,
                   load_checkpoint, model_and_data, plot_run, prepare_out, print_table, run_record, save_checkpoint,
                   stats_to_tensors, stopped_message, summarise, write_json, write_predictions)
 
@@ -188,27 +186,66 @@ def evaluate(model, dataset, batch_size, device, drop=()):
 # ----------------------------------------------------------------------------
 # The learning algorithm
 
+class History(list):
+    """The epochs so far, a dict each: the loop's own state (the best epoch follows from it), saved and
+    restored like a module's."""
+
+    def state_dict(self):
+        return {"epochs": list(self)}
+
+    def load_state_dict(self, state):
+        self[:] = state["epochs"]
+
+
+class Seeded:
+    """A torch.Generator, saved and restored like a module."""
+
+    def __init__(self, generator):
+        self.generator = generator
+
+    def state_dict(self):
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["state"])
+
+
+def training_state(model, settings, seed):
+    """Everything that going on from last.pt must restore, in one mapping of objects with state_dict and
+    load_state_dict: `fit` saves and restores it, each in one loop. A fork's stateful idea (a learning-rate
+    scheduler) is one entry here, and its use in `fit`; nothing else changes for --resume."""
+    # fused: one kernel updates all parameters instead of one small kernel per tensor
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
+    return {"model": model, "optimizer": opt,
+            "shuffle": Seeded(torch.Generator().manual_seed(seed)),     # the order of the batches
+            "torch": Seeded(torch.default_generator),                   # dropout (on the CPU)
+            "history": History()}
+
+
 def fit(model, datasets, settings, seed, folder, device="cpu", resume=None):
     """Train `model` on datasets["train"] with early stopping on valid MAE. Writes folder/best.pt (the
-    best-valid weights) and folder/last.pt (all that --resume needs) and returns the epochs' history.
+    best-valid weights) and folder/last.pt (the training state after each epoch; `resume` is that file,
+    loaded, to go on from) and returns the epochs' history.
 
     The caller seeds torch before building the model (see `new_model`), so one seed decides the
     initial weights, the dropout and, through `shuffle`, the order of the batches."""
     os.makedirs(folder, exist_ok=True)
     train, skipped = datasets["train"], [m for m in MODALITIES if m not in settings.modalities]
     keep = dict(record=run_record(model.config, settings, train), stats=stats_to_tensors(train.stats), seed=seed)
-    # fused: one kernel updates all parameters instead of one small kernel per tensor
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
-    shuffle = torch.Generator().manual_seed(seed)
-    history, best_mae, bad_epochs = [], math.inf, 0
+    state = training_state(model, settings, seed)
     if resume is not None:     # continue exactly where last.pt stopped
-        model.load_state_dict(resume["model"]); opt.load_state_dict(resume["optimizer"])
-        shuffle.set_state(resume["shuffle_state"]); torch.set_rng_state(resume["torch_state"])
-        history, best_mae, bad_epochs = resume["history"], resume["best_mae"], resume["bad_epochs"]
+        missing = set(state) - set(resume["state"])
+        if missing:
+            raise DataError(f"{folder}/last.pt holds no {sorted(missing)} (it was written by another train.py); "
+                            f"move it away and the seed starts from the beginning")
+        for name, piece in state.items():
+            piece.load_state_dict(resume["state"][name])
+    opt, shuffle, history = state["optimizer"], state["shuffle"].generator, state["history"]
 
     for epoch in tqdm(range(len(history), settings.epochs), desc=f"seed {seed}", initial=len(history),
                       total=settings.epochs, disable=None):
-        if bad_epochs >= settings.patience:
+        best = min(history, key=lambda h: h["valid_mae"], default=None)    # the first of equals, as `improved`
+        if best and len(history) - best["epoch"] >= settings.patience:
             break
         tic, sums = time.perf_counter(), {"loss": 0.0, "l1": 0.0, "con": 0.0}
         model.train()
@@ -227,20 +264,15 @@ def fit(model, datasets, settings, seed, folder, device="cpu", resume=None):
         valid = evaluate(model, datasets["valid"], settings.batch_size, device, skipped)
         history.append({"epoch": epoch + 1, **{f"train_{k}": v / len(train) for k, v in sums.items()},
                         **{f"valid_{k}": v for k, v in valid.items()}, "seconds": time.perf_counter() - tic})
-        improved = valid["mae"] < best_mae
+        improved = best is None or valid["mae"] < best["valid_mae"]
         if improved:
-            best_mae, bad_epochs = valid["mae"], 0
             save_checkpoint(os.path.join(folder, "best.pt"), model=model.state_dict(), epoch=epoch + 1, **keep)
-        else:
-            bad_epochs += 1
         h = history[-1]
         tqdm.write(f"seed {seed} epoch {epoch + 1:3d} | train loss {h['train_loss']:.4f} (L1 {h['train_l1']:.4f}, "
                    f"con {h['train_con']:.4f}) | valid MAE {valid['mae']:.4f} Acc-2 {valid['acc2_non0']:.4f}"
                    f"{' *' if improved else ''} | {h['seconds']:.1f}s")
         sys.stdout.flush()   # one line per epoch also when the output goes to a log file
-        save_checkpoint(os.path.join(folder, "last.pt"), model=model.state_dict(), optimizer=opt.state_dict(),
-                        history=history, best_mae=best_mae, bad_epochs=bad_epochs, shuffle_state=shuffle.get_state(),
-                        torch_state=torch.get_rng_state(), **keep)
+        save_checkpoint(os.path.join(folder, "last.pt"), state={k: v.state_dict() for k, v in state.items()}, **keep)
     return history
 
 
@@ -252,8 +284,9 @@ def new_model(config, seed, device="cpu"):
 
 def report(model, datasets, settings, folder, history, device="cpu"):
     """The test metrics of folder/best.pt (test is touched here only, after training): valid, test, and
-    test without each modality (is the model a text model in disguise?). Writes them with the run's
-    record to folder/result.json, then predictions.csv and the figures; returns the result."""
+    test without each modality (is the model a text model in disguise?). Writes predictions.csv and the
+    figures, then, last, the result with the run's record to folder/result.json (kept if it is there:
+    the seed is finished, and only its other outputs were missing); returns the result."""
     best = load_checkpoint(os.path.join(folder, "best.pt"))
     model.load_state_dict(best["model"])
     skipped = [m for m in MODALITIES if m not in settings.modalities]
@@ -264,38 +297,43 @@ def report(model, datasets, settings, folder, history, device="cpu"):
                             for m in settings.modalities},
               "best_epoch": best["epoch"], "epochs": len(history),
               "epoch_seconds": float(np.mean([h["seconds"] for h in history])), "seed": best["seed"],
-              "config": best["record"]}
-    write_json(os.path.join(folder, RESULT), result)
-    write_predictions(os.path.join(folder, "predictions.csv"), datasets["test"].ids, label, pred, weights)
+              "torch": torch.__version__, "device": str(device), "config": best["record"]}
+    write_predictions(os.path.join(folder, OUTPUTS[0]), datasets["test"].ids, label, pred, weights)
     plot_run(folder, history, pred, label, weights)
+    if not os.path.isfile(os.path.join(folder, RESULT)):
+        write_json(os.path.join(folder, RESULT), result)
     return result
 
 
 # ----------------------------------------------------------------------------
-# Command line: data and run flags by hand, model and training flags from the two dataclasses
+# Command line: data flags from data.py, model and training flags from the two dataclasses, run flags
 
 MAX_SEED = 2**32 - 1     # numpy's seed range
-DATA_FLAGS = ("dataset", "data_path", "data_dir", "unaligned", "text_features", "synthetic_size")
 MODES = {"eval_only": (*DATA_FLAGS, "device", "batch_size", "drop_modality"), "compare": ()}   # and what they take
+WIDTHS = {f"{m}_dim" for m in MODALITIES}     # config fields that the data decides: no flags
 
 
 def add_options(parser, title, cls):
-    """One flag per `option` field of a config dataclass: --field-name, its default, its help."""
-    group = parser.add_argument_group(title)
+    """One flag per field of a config dataclass: --field-name, typed by the field's annotation, with
+    its default and help. A field that is neither an `option` nor a width fails here, loudly."""
+    group, types = parser.add_argument_group(title), typing.get_type_hints(cls)
     for f in fields(cls):
-        if "help" not in f.metadata:     # e.g. the feature widths, which the data decides
+        if f.name in WIDTHS:
             continue
+        if "help" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name} has no flag: declare it with miar.option(default, help)")
         flag, kw = "--" + f.name.replace("_", "-"), dict(dest=f.name, help=f.metadata["help"])
-        if isinstance(f.default, bool):  # a switch: --name turns it on, --no-name off
+        kind = typing.get_origin(types[f.name]) or types[f.name]
+        if kind is bool:                 # a switch: --name turns it on, --no-name off
             group.add_argument(f"--no-{flag[2:]}" if f.default else flag, action=f"store_{not f.default}".lower(), **kw)
-        elif isinstance(f.default, tuple):
+        elif kind is tuple:
             group.add_argument(flag, nargs="+", choices=f.metadata["choices"], default=list(f.default), **kw)
         else:
-            group.add_argument(flag, type=type(f.default), choices=f.metadata["choices"], default=f.default, **kw)
+            group.add_argument(flag, type=kind, choices=f.metadata["choices"], default=f.default, **kw)
 
 
-def from_args(cls, args, **more):
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if "help" in f.metadata}, **more)
+def from_args(cls, args):
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in WIDTHS})
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -309,29 +347,22 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser():
     p = argparse.ArgumentParser(description="Train and evaluate MIAR on CMU-MOSI / CMU-MOSEI features.",
                                 formatter_class=HelpFormatter)
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", choices=["mosi", "mosei", "synthetic"], default="synthetic",
-                   help="named dataset; mosi/mosei read MMSA's layout under --data-dir")
-    d.add_argument("--data-path", help="explicit MMSA or MulT pickle (wins over --dataset; the file decides alignment)")
-    d.add_argument("--data-dir", default="data", help="where mosi/mosei files live (MOSI/Processed/aligned_50.pkl ...)")
-    d.add_argument("--unaligned", action="store_true", help="use unaligned_50.pkl (audio/vision at their own frame rate)")
-    d.add_argument("--synthetic-size", choices=["mosi", "mosei", "tiny"], default="mosi",
-                   help="split sizes and widths of --dataset synthetic (tiny: for tests and demos)")
-    d.add_argument("--text-features", help="pickle with another text model's 'text' for the same splits (any width)")
+    add_data_flags(p)
     add_options(p, "training (TrainConfig)", TrainConfig)
     add_options(p, "model (MIARConfig)", MIARConfig)
     r = p.add_argument_group("run")
     r.add_argument("--seeds", type=int, nargs="+", default=[1111], help="one run per seed; the field reports 1111-1115")
-    r.add_argument("--out", help="output folder; runs/<dataset or data file name> when not given")
-    r.add_argument("--resume", action="store_true", help="keep the finished seeds in --out and continue a stopped "
-                   "one from its last.pt (the flags must be those it was started with)")
+    r.add_argument("--out", help="the run folder; runs/<dataset or data file name> when not given. Finished seeds "
+                   "there are kept and a stopped one goes on from its last.pt")
+    r.add_argument("--resume", action="store_true", help="accepted for old scripts: a run always keeps the "
+                   "finished seeds in --out and goes on from a stopped one's last.pt")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
     r.add_argument("--eval-only", metavar="CKPT", help="evaluate a checkpoint on valid and test, no training; "
                    "on its own data, or on the data that data flags name (same widths)")
     r.add_argument("--drop-modality", nargs="+", choices=MODALITIES, default=[],
                    help="with --eval-only: zero and mask these modalities")
-    r.add_argument("--compare", nargs="+", metavar="DIR", help="no training: the test tables of finished run "
-                   "folders, their mean valid MAE, and on how many seeds each beats the first folder's test MAE")
+    r.add_argument("--compare", nargs="+", metavar="DIR", help="no training: finished run folders side by side, "
+                   "and each against the first: what differs, and the paired Δ MAE on valid and test")
     return p
 
 
@@ -366,9 +397,6 @@ def parse_args(argv):
         args.config, args.settings = from_args(MIARConfig, args), from_args(TrainConfig, args)
     except ValueError as e:
         p.error(str(e))
-    if args.settings.batch_size < 2 and args.config.lambda_con > 0:
-        p.error("--batch-size 1 leaves the contrastive loss no other utterance to tell apart (it would be 0); "
-                "use --batch-size 2 or more, or --lambda-con 0")
     if args.out is None:
         args.out = os.path.join("runs", args.dataset if args.data_path is None else
                                 os.path.splitext(os.path.basename(args.data_path))[0])
@@ -398,58 +426,63 @@ def eval_only(args, device):
 
 
 def train_seeds(args, device, argv):
-    """Train every seed of the command into --out; each finished seed is kept whatever happens next."""
-    done = prepare_out(args.out, args.seeds)          # --out and its finished seeds, before any data is read
-    folders = {s: os.path.join(args.out, f"seed_{s}") for s in args.seeds}
-    last = {s: os.path.join(folders[s], "last.pt") for s in args.seeds}
-    resume = {s: load_checkpoint(last[s], CHECKPOINT_KEYS | RESUME_KEYS) for s in args.seeds
-              if args.resume and s not in done and os.path.isfile(last[s])}
+    """Train every seed of the command into --out. A finished seed (its result.json is there) is kept,
+    never replaced; a stopped one goes on from its last.pt; the folder takes seeds of one record only."""
+    done, resume = prepare_out(args.out, args.seeds)      # --out and what it holds, before any data is read
     datasets = load_dataset(**{k: getattr(args, k) for k in DATA_FLAGS}, normalize=args.config.normalize)
-    config = replace(args.config, **{f"{m}_dim": d for m, d in datasets["train"].dims.items()})
+    config = args.config.for_data(datasets)
     record = run_record(config, args.settings, datasets["train"])
-    for seed, had in [*((s, r["config"]) for s, r in done.items()), *((s, c["record"]) for s, c in resume.items())]:
-        diff = differences(had, record) if (seed not in args.seeds or args.resume) else []
+    if config.lambda_con > 0 and min(args.settings.batch_size, len(datasets["train"])) < 2:
+        raise DataError(f"batches of {min(args.settings.batch_size, len(datasets['train']))} utterance leave the "
+                        f"contrastive loss no other utterance to tell apart (it would be 0); use --batch-size 2 or "
+                        f"more and a train split of 2 or more, or --lambda-con 0")
+    hold_to_record(args.out, record)
+    for seed, ckpt in resume.items():
+        diff = differences(ckpt["record"], record)
         if diff:
-            raise DataError(f"{args.out}: seed {seed} there ran another configuration or other data "
-                            f"({'; '.join(diff)}); seeds of both would be averaged. Pick another --out, or "
-                            f"the flags and data of that seed")
+            raise DataError(f"{args.out}/seed_{seed}/last.pt ran another configuration or other data "
+                            f"({'; '.join(diff)}); move it away, and seed {seed} starts from the beginning")
     print(f"data: {datasets['train'].source} | train/valid/test {[len(d) for d in datasets.values()]} | "
           f"widths {datasets['train'].dims} | lengths {datasets['train'].lengths}")
     print(f"model: MIAR with {count_parameters(MIAR(config)):,} parameters on {device} | {config}")
-    summary = None
     with contextlib.ExitStack() as claims:
         for seed in args.seeds:
-            claim(folders[seed], claims)
+            claim(os.path.join(args.out, f"seed_{seed}"), claims)
         for seed in args.seeds:
-            if args.resume and seed in done:
-                print(f"seed {seed}: finished before, kept ({folders[seed]}/{RESULT})")
+            folder = os.path.join(args.out, f"seed_{seed}")
+            if seed in done and seed not in resume:      # finished, with all its outputs (or none to rebuild from)
+                print(f"seed {seed}: finished before, kept ({folder}/{RESULT})")
                 continue
             try:
                 model = new_model(config, seed, device)
-                history = fit(model, datasets, args.settings, seed, folders[seed], device, resume.get(seed))
-                result = report(model, datasets, args.settings, folders[seed], history, device)
-                summary = summarise(args.out)
+                history = fit(model, datasets, args.settings, seed, folder, device, resume.get(seed))
+                result = report(model, datasets, args.settings, folder, history, device)
+                summarise(args.out)
             except (KeyboardInterrupt, Stopped) as e:
                 stop = e if isinstance(e, Stopped) else Stopped("interrupted (Ctrl-C)", 130)
                 raise Stopped(stopped_message(stop, args.out, seed, argv), stop.code) from None
             print_table(f"seed {seed}: test (best valid epoch {result['best_epoch']})", result["test"])
             print("  without a modality (test MAE / Acc-2 non-0): " + ", ".join(
                 f"-{m} {v['mae']:.3f} / {100 * v['acc2_non0']:.2f}" for m, v in result["test_drop"].items()))
-    summary = summary or summarise(args.out)         # every seed had finished before (--resume)
+    summary = summarise(args.out)
     print_table(f"test, mean ± std over {len(summary['seeds'])} seed(s) {sorted(map(int, summary['seeds']))}",
                 summary["test_mean"], summary["test_std"])
     print(f"wrote {os.path.join(args.out, RESULTS)}")
     return summary
 
 
-def on_sigterm(signum, frame):      # SLURM, `timeout` and `docker stop` send it: treated like Ctrl-C
-    raise Stopped("stopped (SIGTERM)", 128 + signum)
+def on_signal(signum, frame):
+    """Ctrl-C, and SIGTERM (SLURM, `timeout`, `docker stop`): stop the run cleanly. A second signal while
+    it stops is ignored, so that the stop itself is not cut short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Stopped("interrupted (Ctrl-C)" if signum == signal.SIGINT else "stopped (SIGTERM)", 128 + signum)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if args.compare:
             compare_runs(args.compare)
@@ -464,10 +497,11 @@ def main(argv=None):
         print(f"\n{e}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
-        print("\ninterrupted before training started; nothing was written", file=sys.stderr)
+        print("\ninterrupted before training started; no seed was trained", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return 0
 
 

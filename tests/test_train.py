@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import pickle
 import signal
 
 import numpy as np
@@ -129,7 +130,7 @@ def tiny_data():
 def test_fit_and_report_are_what_the_command_line_runs(tmp_path):
     assert main(TINY + ["--epochs", "2", "--out", str(tmp_path / "cli")]) == 0
     datasets = tiny_data()
-    config = MIARConfig(**{f"{m}_dim": d for m, d in datasets["train"].dims.items()}, d_model=16)
+    config = MIARConfig(d_model=16).for_data(datasets)
     settings = train.TrainConfig(epochs=2, batch_size=16)
     model = train.new_model(config, 1111)
     history = train.fit(model, datasets, settings, 1111, str(tmp_path / "py"))
@@ -183,13 +184,14 @@ def test_cli_smoke_run_writes_each_seed_and_the_summary(tmp_path, capsys):
     seed = json.loads((run / "result.json").read_text())
     assert set(seed["test"]) == set(train.METRIC_NAMES) and set(seed["test_drop"]) == {"text", "audio", "vision"}
     assert seed["config"]["model"]["text_dim"] == 32 and seed["config"]["train"]["epochs"] == 2
-    assert len(seed["config"]["data"]["fingerprint"]) == 16
+    assert seed["config"]["data"]["fingerprint"].startswith("v2:") and seed["torch"] == torch.__version__
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"]["1111"]["test"] == seed["test"] and results["test_std"]["mae"] == 0
     assert results["test_mean"]["mae"] == seed["test"]["mae"] and results["config"] == seed["config"]
+    assert json.loads((out / "record.json").read_text()) == seed["config"]
     rows = (run / "predictions.csv").read_text().splitlines()
     assert rows[0] == "id,label,prediction,w_text,w_audio,w_vision,w_joint" and len(rows) == 1 + 48
-    assert sorted(os.listdir(out)) == ["results.json", "seed_1111"]        # no lock files left behind
+    assert sorted(os.listdir(out)) == ["record.json", "results.json", "seed_1111"]   # no lock files left behind
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
@@ -226,7 +228,7 @@ def test_load_trained_gives_the_model_and_data_of_the_run(trained):
 
 def test_model_and_data_loads_other_data_with_the_checkpoint_statistics(trained):
     out, _ = trained
-    ckpt = train.load_checkpoint(str(out / "seed_1111" / "best.pt"))
+    ckpt = runs.load_checkpoint(str(out / "seed_1111" / "best.pt"))
     (_, same), (_, other) = (runs.model_and_data(ckpt, "x", changes=c, verbose=False) for c in (None, {"unaligned": True}))
     assert same["train"].tensors["audio"].shape[1] < other["train"].tensors["audio"].shape[1]
     for ds in (same, other):     # standardised with the checkpoint's statistics, not refitted on the new data
@@ -293,7 +295,6 @@ def test_a_new_option_field_is_one_edit():
     (["--dropout", "nan"], "--dropout must be a finite number, got nan"),
     (["--compare", "a", "--eval-only", "b.pt"], "separate modes"),
     (["--data-path", "x.pkl", "--unaligned"], "with --data-path the file itself says whether it is aligned"),
-    (["--batch-size", "1"], "--batch-size 1 leaves the contrastive loss no other utterance"),
     (["--eval-only", "b.pt", "--lr", "0.1", "--seeds", "5"], "--eval-only would ignore --lr, --seeds; leave them out"),
     (["--compare", "a", "--epochs", "3"], "--compare would ignore --epochs; leave them out (it takes only run folders)"),
 ])
@@ -337,7 +338,7 @@ def test_checkpoint_stores_an_absolute_data_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert data.main(["--write-synthetic", "s.pkl", "--size", "tiny"]) == 0
     assert main(["--data-path", "s.pkl", "--d-model", "16", "--epochs", "1", "--out", "run"]) == 0
-    ckpt = train.load_checkpoint("run/seed_1111/best.pt")
+    ckpt = runs.load_checkpoint("run/seed_1111/best.pt")
     assert ckpt["record"]["data"]["data_path"] == str(tmp_path / "s.pkl")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -346,29 +347,57 @@ def test_checkpoint_stores_an_absolute_data_path(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- --compare
 
-def write_seed(folder, seed, valid_mae, test_mae, **test):
+def write_seed(folder, seed, valid_mae, test_mae, lr=0.001, **test):
     """A minimal seed_<N>/result.json as train.py writes it."""
     (folder / f"seed_{seed}").mkdir(parents=True, exist_ok=True)
     metrics = {k: 0.5 for k in train.METRIC_NAMES}
     result = {"valid": {**metrics, "mae": valid_mae}, "test": {**metrics, "mae": test_mae, **test},
-              "config": {"model": {}, "train": {}, "data": {}}}
+              "config": {"model": {}, "train": {"lr": lr}, "data": {}}}
     (folder / f"seed_{seed}" / "result.json").write_text(json.dumps(result))
 
 
-def test_compare_pairs_seeds_with_the_first_run(tmp_path, capsys):
+def test_paired_gives_mean_difference_standard_error_and_wins_by_hand():
+    base, other = {1: 0.50, 2: 0.60, 3: 0.70, 9: 0.1}, {1: 0.40, 2: 0.65, 3: 0.55, 4: 0.2}
+    p = runs.paired(base, other)             # shared seeds 1, 2, 3: Δ = -0.10, +0.05, -0.15
+    assert p["seeds"] == [1, 2, 3] and p["better"] == 2 and p["worse"] == 1
+    assert p["mean"] == pytest.approx(-0.2 / 3)
+    # std of Δ with ddof=1: deviations -1/30, 7/60, -1/12 -> variance (1/900 + 49/3600 + 1/144) / 2
+    assert p["se"] == pytest.approx(math.sqrt((1 / 900 + 49 / 3600 + 1 / 144) / 2) / math.sqrt(3))
+    assert math.isnan(runs.paired({1: 0.5}, {1: 0.4})["se"]) and runs.paired({1: 0.5}, {2: 0.4})["n"] == 0
+
+
+@pytest.mark.parametrize("deltas, expected", [
+    ([-0.10, -0.11, -0.09, -0.10], "better"), ([0.10, 0.11, 0.09], "worse"),
+    ([-0.30, 0.01, 0.02, 0.03, -0.30], "tie"),     # the mean is lower, but most seeds are not: a tie
+    ([-0.10, 0.12, -0.09], "tie"), ([-0.1, -0.1], "too few seeds")])
+def test_verdict_follows_the_stated_rule(deltas, expected):
+    base = {s: 1.0 for s in range(len(deltas))}
+    assert runs.verdict(runs.paired(base, {s: 1.0 + d for s, d in enumerate(deltas)})) == expected
+
+
+def test_compare_prints_differences_and_paired_deltas_on_valid_and_test(tmp_path, capsys):
     for seed, (v1, t1, v2, t2) in zip((1, 2, 3), [(0.4, 0.5, 0.3, 0.40), (0.5, 0.5, 0.3, 0.60), (0.6, 0.5, 0.6, 0.45)]):
         write_seed(tmp_path / "base", seed, v1, t1)
-        write_seed(tmp_path / "other", seed, v2, t2)          # lower test MAE on seeds 1 and 3
+        write_seed(tmp_path / "other", seed, v2, t2, lr=0.01)
+    write_seed(tmp_path / "base", 4, 0.4, 0.5)                  # not in other: left out of the pairing
     rows = runs.compare_runs([str(tmp_path / "base"), str(tmp_path / "other")])
-    assert rows[1]["wins"] == (2, 3) and rows[0]["valid_mae"] == pytest.approx(0.5) and rows[1]["valid_mae"] == pytest.approx(0.4)
+    valid, test = rows[1]["valid"], rows[1]["test"]
+    assert valid["seeds"] == test["seeds"] == [1, 2, 3] and valid["better"] == 2 and test["better"] == 2
+    assert valid["mean"] == pytest.approx(-0.1) and test["mean"] == pytest.approx(-0.05 / 3)
+    assert valid["se"] == pytest.approx(0.1 / math.sqrt(3))     # Δ valid -0.1, -0.2, 0: std 0.1
+    assert rows[1]["differences"] == ["train.lr: 0.001 there, 0.01 here"] and rows[1]["verdict"] == "tie"
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].endswith("test MAE lower than base") and printed[2].endswith("| 0.400 | 2 of 3 seeds")
+    header = next(line for line in printed if line.startswith("vs base"))
+    row = printed[printed.index(header) + 1]
+    assert row.startswith("other ") and "| 1 2 3 " in row and "-0.100 ± 0.058" in row and "2 of 3" in row
+    assert row.index("-0.100") == header.index("Δ valid MAE")      # aligned under its header
+    assert "other differs from base: train.lr: 0.001 there, 0.01 here" in printed
     assert main(["--compare", str(tmp_path / "nothing")]) == 2
     assert "no finished seed in" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("damage", [
-    lambda r: r["test"].update(mae="0.5"), lambda r: r["test"].pop("corr"), lambda r: r.pop("config"), lambda r: []])
+@pytest.mark.parametrize("damage", [lambda r: r["test"].update(mae="0.5"), lambda r: r["test"].update(mae=True),
+                                    lambda r: r["test"].pop("corr"), lambda r: r.pop("config"), lambda r: []])
 def test_compare_reports_a_damaged_result_file(tmp_path, capsys, damage):
     write_seed(tmp_path / "run", 1, 0.4, 0.5)
     path = tmp_path / "run" / "seed_1" / "result.json"
@@ -382,7 +411,7 @@ def test_compare_reports_a_damaged_result_file(tmp_path, capsys, damage):
 def test_compare_shows_an_undefined_metric_as_nan(tmp_path, capsys):
     write_seed(tmp_path / "run", 1, None, None, corr=None)
     assert main(["--compare", str(tmp_path / "run")]) == 0
-    assert "| nan±nan | nan±nan | nan | -" in capsys.readouterr().out
+    assert "| nan±nan | nan±nan" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- safety: run folders, stops, concurrency
@@ -407,11 +436,15 @@ def test_a_run_of_another_config_into_the_same_folder_is_refused_before_training
     before = (tmp_path / "results.json").read_text()
     assert main(TINY + ["--epochs", "1", "--seeds", "1112", "--lambda-con", "0", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "seed 1111 there ran another configuration or other data (model.lambda_con: 0.1 there, 0.0 here)" in err
+    assert "holds runs of another configuration or other data (model.lambda_con: 0.1 there, 0.0 here)" in err
+    assert "to start over, delete" in err
     assert not (tmp_path / "seed_1112").exists() and (tmp_path / "results.json").read_text() == before
-    # the same seed again replaces itself (a rerun), whatever the config
-    assert main(TINY + ["--epochs", "1", "--lambda-con", "0", "--out", str(tmp_path)]) == 0
-    assert json.loads((tmp_path / "results.json").read_text())["config"]["model"]["lambda_con"] == 0
+    # a finished seed is never replaced: not by another config (case 2), and the same command keeps it
+    assert main(TINY + ["--epochs", "1", "--lambda-con", "0", "--out", str(tmp_path)]) == 2
+    assert "model.lambda_con: 0.1 there, 0.0 here" in capsys.readouterr().err
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert "seed 1111: finished before, kept" in capsys.readouterr().out
+    assert (tmp_path / "results.json").read_text() == before
 
 
 def test_data_rewritten_at_the_same_path_is_not_merged_or_resumed(tmp_path, capsys):
@@ -451,7 +484,7 @@ def test_ctrl_c_keeps_finished_seeds_removes_temporaries_and_resume_goes_on(tmp_
     assert main(command) == 130
     err = capsys.readouterr().err
     assert "interrupted (Ctrl-C) during seed 1112" in err and "Finished seeds kept in" in err and "[1111]" in err
-    assert "seed 1112 goes on from its last.pt" in err and f"--out {out} --resume" in err and "Traceback" not in err
+    assert "seed 1112 goes on from its last.pt" in err and f"--out {out}\n" in err and "Traceback" not in err
     assert seeds_in(out) == ["1111"] and not list(out.rglob("*.tmp"))
     monkeypatch.undo()
     assert main(command + ["--resume"]) == 0          # keeps 1111, seed 1112 from epoch 1, then 1113
@@ -475,9 +508,10 @@ def test_sigterm_stops_like_ctrl_c_with_exit_code_143(tmp_path, monkeypatch, cap
     monkeypatch.setattr(torch, "save", save_then(lambda: os.kill(os.getpid(), signal.SIGTERM), when=1))
     assert main(TINY + ["--epochs", "2", "--seeds", "1111", "1112", "--out", str(out)]) == 143
     err = capsys.readouterr().err
-    assert "stopped (SIGTERM) during seed 1112" in err and "--resume" in err and "Traceback" not in err
+    assert "stopped (SIGTERM) during seed 1112" in err and "Go on with the same command" in err and "Traceback" not in err
     assert seeds_in(out) == ["1111"] and not list(out.rglob("*.tmp"))
-    assert signal.getsignal(signal.SIGTERM) is not train.on_sigterm       # main puts the old handler back
+    assert signal.getsignal(signal.SIGTERM) is not train.on_signal       # main puts the old handlers back
+    assert signal.getsignal(signal.SIGINT) is not train.on_signal
 
 
 def test_a_full_disk_keeps_finished_seeds_and_says_how_to_go_on(tmp_path, monkeypatch, capsys):
@@ -487,7 +521,7 @@ def test_a_full_disk_keeps_finished_seeds_and_says_how_to_go_on(tmp_path, monkey
     monkeypatch.setattr(torch, "save", save_then(disk_full, when=1))
     assert main(TINY + ["--epochs", "2", "--seeds", "1111", "1112", "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "cannot write" in err and "is the disk full" in err and "--resume" in err and "Traceback" not in err
+    assert "cannot write" in err and "is the disk full" in err and "Go on with" in err and "Traceback" not in err
     assert seeds_in(out) == ["1111"] and not list(out.rglob("*.tmp"))
 
 
@@ -539,6 +573,7 @@ def file_at(path):
     (lambda out: file_at(out) / "sub", "cannot be written (Not a directory)"),
     (lambda out: file_at(out / "seed_3" / "result.json").parent.parent, "is not a result.json written by train.py"),
     (lambda out: file_at(out / "seed_1111").parent, "seed_1111 is a file; expected the seed's folder"),
+    (lambda out: (out / "seed_1111" / "last.pt").mkdir(parents=True) or out, "last.pt is a folder; expected the file"),
 ])
 def test_output_folder_problems_are_reported_before_any_data_is_read(tmp_path, monkeypatch, capsys, make, message):
     out = make(tmp_path / "out")
@@ -549,7 +584,8 @@ def test_output_folder_problems_are_reported_before_any_data_is_read(tmp_path, m
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda c: c.pop("shuffle_state"), "is not a last.pt written by this train.py: missing ['shuffle_state']"),
+    (lambda c: c.pop("state"), "is not a last.pt written by this train.py: missing ['state']"),
+    (lambda c: c.update(seed=1111) or "seed", "holds the training of seed 1111, not of seed 1112 (was it copied there?)"),
     (lambda c: None, "not a MIAR checkpoint"),
 ])
 def test_damaged_last_pt_is_reported_before_any_data_is_read(tmp_path, monkeypatch, capsys, damage, message):
@@ -558,7 +594,7 @@ def test_damaged_last_pt_is_reported_before_any_data_is_read(tmp_path, monkeypat
     assert main(command + ["--seeds", "1111", "1112"]) == 130
     monkeypatch.undo()
     last = tmp_path / "seed_1112" / "last.pt"
-    ckpt = train.load_checkpoint(str(last))
+    ckpt = runs.load_checkpoint(str(last), runs.LAST_KEYS)
     torch.save(ckpt, last) if damage(ckpt) is not None else last.write_bytes(b"PK\x03\x04 damaged")
     monkeypatch.setattr(train, "load_dataset", lambda *a, **k: pytest.fail("data was read before last.pt was checked"))
     capsys.readouterr()
@@ -574,3 +610,184 @@ def test_resume_refuses_other_flags_naming_them(tmp_path, monkeypatch, capsys):
     monkeypatch.undo()
     assert main(command + ["--lr", "0.01", "--resume"]) == 2
     assert "train.lr: 0.001 there, 0.01 here" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a run folder, by construction
+
+def test_two_configurations_started_together_cannot_share_a_folder(tmp_path, monkeypatch, capsys):
+    fit, other = train.fit, []
+
+    def fit_while_another_config_starts(model, datasets, settings, seed, *rest, **kw):
+        if not other:        # run B starts while run A trains: A's record.json is already there
+            other.append(main(TINY + ["--epochs", "1", "--seeds", "2", "--lr", "3e-3", "--out", str(tmp_path)]))
+        return fit(model, datasets, settings, seed, *rest, **kw)
+
+    monkeypatch.setattr(train, "fit", fit_while_another_config_starts)
+    assert main(TINY + ["--epochs", "1", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    assert other == [2] and "train.lr: 0.001 there, 0.003 here" in capsys.readouterr().err
+    assert seeds_in(tmp_path) == ["1"]
+
+
+def test_the_folder_record_is_created_once_and_exclusively(tmp_path):
+    path = str(tmp_path / "record.json")
+    runs.write_json(path, {"model": {"d_model": 16}}, exclusive=True)
+    with pytest.raises(FileExistsError):
+        runs.write_json(path, {"model": {"d_model": 32}}, exclusive=True)
+    assert json.loads(open(path).read()) == {"model": {"d_model": 16}} and os.listdir(tmp_path) == ["record.json"]
+    with pytest.raises(data.DataError, match=r"model.d_model: 16 there, 32 here.*to start over, delete"):
+        runs.hold_to_record(str(tmp_path), {"model": {"d_model": 32}})
+
+
+def test_a_folder_without_record_adopts_the_record_its_seeds_share(tmp_path, capsys):
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
+    (tmp_path / "record.json").unlink()                     # as written before record.json existed
+    assert main(TINY + ["--epochs", "1", "--seeds", "1112", "--lr", "0.01", "--out", str(tmp_path)]) == 2
+    assert "train.lr: 0.001 there, 0.01 here" in capsys.readouterr().err
+    seed = json.loads((tmp_path / "seed_1111" / "result.json").read_text())
+    assert json.loads((tmp_path / "record.json").read_text()) == seed["config"]
+    assert main(TINY + ["--epochs", "1", "--seeds", "1112", "--out", str(tmp_path)]) == 0
+    assert seeds_in(tmp_path) == ["1111", "1112"]
+
+
+def test_missing_outputs_of_a_finished_seed_are_rebuilt_and_its_result_kept(tmp_path):
+    assert main(TINY + ["--epochs", "2", "--out", str(tmp_path)]) == 0
+    run = tmp_path / "seed_1111"
+    result, predictions = (run / "result.json").read_bytes(), (run / "predictions.csv").read_bytes()
+    (run / "predictions.csv").write_bytes(b"")     # as a full disk left it before outputs came first
+    (run / "token_weights.png").unlink()
+    assert main(TINY + ["--epochs", "2", "--out", str(tmp_path)]) == 0
+    assert (run / "predictions.csv").read_bytes() != b"" and (run / "token_weights.png").is_file()
+    (run / "token_weights.png").unlink()
+    assert main(TINY + ["--epochs", "2", "--out", str(tmp_path)]) == 0
+    assert (run / "result.json").read_bytes() == result and (run / "predictions.csv").read_bytes() == predictions
+
+
+def test_outputs_come_before_the_result_so_a_failed_output_leaves_the_seed_unfinished(tmp_path, monkeypatch, capsys):
+    def disk_full(*a, **k):
+        raise runs.Stopped("cannot write predictions.csv (No space left on device); is the disk full?", 1)
+    monkeypatch.setattr(train, "write_predictions", disk_full)
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 1
+    assert "seed 1111 goes on from its last.pt" in capsys.readouterr().err
+    assert not (tmp_path / "seed_1111" / "result.json").exists()
+    monkeypatch.undo()
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0 and seeds_in(tmp_path) == ["1111"]
+
+
+def test_a_stop_after_the_result_counts_the_seed_as_finished(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "summarise", lambda out: ctrl_c())
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "Finished seeds kept in" in err and "[1111]" in err and "seed 1111 is finished" in err
+
+
+def test_two_quick_ctrl_c_stop_once_without_a_traceback(tmp_path, monkeypatch, capsys):
+    def two_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)       # arrives while the first stop is handled: ignored
+    monkeypatch.setattr(torch, "save", save_then(two_signals, when=1))
+    assert main(TINY + ["--epochs", "2", "--seeds", "1111", "1112", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C) during seed 1112" in err and "seed 1112 starts again" in err
+    assert "Traceback" not in err and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+
+
+def test_temporaries_of_a_killed_run_are_removed_from_the_seeds_this_run_holds(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", save_then(ctrl_c, when=1))
+    assert main(TINY + ["--epochs", "2", "--seeds", "1112", "--out", str(tmp_path)]) == 130
+    monkeypatch.undo()
+    (tmp_path / "seed_1112" / "last.pt.99999.tmp").write_bytes(b"half")      # as kill -9 leaves it
+    assert main(TINY + ["--epochs", "2", "--seeds", "1112", "--out", str(tmp_path)]) == 0
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_train_split_too_small_for_the_contrastive_loss_is_refused_but_evaluation_is_not(trained, tmp_path, capsys):
+    path, raw = mmsa_pickle(tmp_path)
+    raw["train"] = {k: v[:1] for k, v in raw["train"].items()}
+    path.write_bytes(pickle.dumps(raw))
+    assert main(["--data-path", str(path), "--d-model", "16", "--out", str(tmp_path / "o")]) == 2
+    assert "leave the contrastive loss no other utterance" in capsys.readouterr().err
+    assert main(TINY + ["--batch-size", "1", "--out", str(tmp_path / "b")]) == 2
+    out, _ = trained
+    assert main(["--eval-only", str(out / "seed_1111" / "best.pt"), "--batch-size", "1"]) == 0
+
+
+# ---------------------------------------------------------------- a fork: new fields and stateful training ideas
+
+def test_resume_is_bit_exact_with_other_settings_and_a_stateful_addition(tmp_path, monkeypatch):
+    base = train.training_state
+
+    def with_warmup(model, settings, seed):     # a fork's learning-rate warmup: one entry in the mapping
+        state = base(model, settings, seed)
+        warmup = torch.optim.lr_scheduler.LambdaLR(state["optimizer"], lambda step: min(1.0, (step + 1) / 7))
+        state["optimizer"].register_step_post_hook(lambda *_: warmup.step())
+        return {**state, "warmup": warmup}
+
+    monkeypatch.setattr(train, "training_state", with_warmup)
+    command = TINY + ["--epochs", "3", "--seeds", "1112", "--lr", "3e-3", "--batch-size", "8", "--dropout", "0.2"]
+    assert main(command + ["--out", str(tmp_path / "full")]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", save_then(ctrl_c, when=3))      # after epoch 1 (best, last), in epoch 2
+        assert main(command + ["--out", str(tmp_path / "cut")]) == 130
+    assert "warmup" in runs.load_checkpoint(str(tmp_path / "cut" / "seed_1112" / "last.pt"), runs.LAST_KEYS)["state"]
+    assert main(command + ["--out", str(tmp_path / "cut")]) == 0
+    full, cut = (json.loads((tmp_path / x / "seed_1112" / "result.json").read_text()) for x in ("full", "cut"))
+    assert cut["epochs"] == 3 and cut["valid"] == full["valid"] and cut["test"] == full["test"]
+
+
+def test_flag_types_come_from_annotations_and_a_field_without_flag_fails_loudly():
+    import argparse
+    from dataclasses import dataclass
+    from miar import option
+
+    @dataclass
+    class Fork(MIARConfig):
+        gate: float = option(1, "an int default, a float field")
+
+    parser = argparse.ArgumentParser()
+    train.add_options(parser, "model", Fork)
+    assert parser.parse_args(["--gate", "0.5"]).gate == 0.5
+
+    @dataclass
+    class Plain(MIARConfig):
+        gate: float = 1.0
+
+    with pytest.raises(TypeError, match="Plain.gate has no flag: declare it with miar.option"):
+        train.add_options(argparse.ArgumentParser(), "model", Plain)
+
+
+def test_a_neutral_new_field_lets_the_baseline_folder_take_new_seeds(tmp_path, monkeypatch, capsys):
+    from dataclasses import dataclass
+    from miar import option
+
+    @dataclass
+    class Fork(MIARConfig):
+        fusion: str = option("softmax", "the fusion gate", ("softmax", "sigmoid"), neutral=True)
+
+    assert runs.as_record(Fork()) == runs.as_record(MIARConfig())        # at its default it is left out
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path)]) == 0
+    monkeypatch.setattr(train, "MIARConfig", Fork)
+    assert main(TINY + ["--epochs", "1", "--seeds", "1112", "--out", str(tmp_path)]) == 0
+    assert main(TINY + ["--epochs", "1", "--seeds", "1113", "--fusion", "sigmoid", "--out", str(tmp_path)]) == 2
+    assert "model.fusion: '(missing)' there, 'sigmoid' here" in capsys.readouterr().err
+
+
+def test_load_trained_rebuilds_a_forked_model_class(tmp_path):
+    from dataclasses import dataclass
+    from miar import option
+
+    @dataclass
+    class Fork(MIARConfig):
+        scale: float = option(1.0, "a learned output scale starts here", neutral=True)
+
+    class Scaled(MIAR):
+        def __init__(self, config):
+            super().__init__(config)
+            self.scale = torch.nn.Parameter(torch.tensor(config.scale))
+
+    datasets = tiny_data()
+    torch.manual_seed(0)
+    model = Scaled(Fork(d_model=16, scale=2.0).for_data(datasets))
+    settings = train.TrainConfig(epochs=1, batch_size=16)
+    train.fit(model, datasets, settings, 0, str(tmp_path))
+    loaded, _, ckpt = runs.load_trained(str(tmp_path / "best.pt"), model_class=Scaled, config_class=Fork)
+    assert isinstance(loaded, Scaled) and loaded.config.scale == 2.0 and torch.equal(loaded.scale, model.scale)
