@@ -49,11 +49,11 @@ def load_course_model():
     mine = runs.read_result(os.path.join(seed_dir, "result.json"))
     with open(FULL_RUN) as f:
         full = json.load(f)
-    print(f"The course model: {ckpt['record']['train']['epochs']} epochs (best valid epoch {mine['best_epoch']}), "
-          f"test MAE {mine['test']['mae']:.3f}. Short-trained, so that the notebooks stay quick: the README's full "
-          f"run (python train.py --dataset synthetic, up to {full['config']['train']['epochs']} epochs, early "
-          f"stopping) reaches {full['test_mean']['mae']:.3f} ± {full['test_std']['mae']:.3f} over "
-          f"{len(full['seeds'])} seeds. (MAE: the mean |prediction − label|, in label units; notebook 06.)")
+    print(f"The course model: {mine['epochs']} epochs (best valid epoch {mine['best_epoch']}), "
+          f"test MAE {mine['test']['mae']:.3f} (MAE: the mean |prediction - label|, in label units; notebook 06).\n"
+          f"Short-trained, so that the notebooks stay quick: the README's full run (python train.py --dataset "
+          f"synthetic: up to {full['config']['train']['epochs']} epochs, early stopping; {len(full['seeds'])} seeds) "
+          f"reaches test MAE {full['test_mean']['mae']:.3f} ± {full['test_std']['mae']:.3f}.")
     return model, datasets, ckpt
 
 
