@@ -1,18 +1,15 @@
 """
-runs.py -- run folders and checkpoints: what train.py writes, and how it is read back.
+runs.py -- run folders and checkpoints: what train.py writes, how it is read back and compared.
 
-    runs/synthetic/                 --out: one training command, or several with the same flags and data
-      record.json                   what runs here (model, settings, data fingerprint): written once, first
-      results.json                  summary: each seed's result, test mean ± std over the seeds
-      seed_1111/
-        best.pt  last.pt            checkpoints (best valid MAE; the latest epoch, to go on from)
-        predictions.csv  *.png      test predictions, learning curves, token weights
-        result.json                 this seed's metrics and record: written last, so a seed is finished
-                                    exactly when its result.json exists
+    runs/synthetic/            --out: one or more commands with the same flags and data
+      record.json              what runs here (model, settings, data fingerprint): written once, first
+      results.json             summary: each seed's result, test mean ± std over the seeds
+      seed_1111/               best.pt, last.pt (best valid MAE; the latest epoch, to go on from),
+                               predictions.csv, three figures, and last of all result.json
 
 Three invariants replace checks after the fact: every file appears whole or not at all (`written`);
-record.json is created once, exclusively, and every run into the folder is held against it, so a
-folder's seeds are one experiment; a seed's result.json is its last file.
+record.json is created once, exclusively, and every run into the folder is held against it; a seed
+is finished exactly when its result.json, its last file, exists.
 """
 import contextlib
 import csv
@@ -21,6 +18,7 @@ import json
 import math
 import os
 import shlex
+import signal
 from dataclasses import fields
 
 import numpy as np
@@ -38,10 +36,17 @@ class Stopped(Exception):
         self.code = code     # main's exit code: 128 + the signal's number (as shells report it), 1 for a write
 
 
+def on_signal(signum, frame):
+    """Ctrl-C, and SIGTERM (SLURM, `timeout`, `docker stop`): stop the run cleanly. A second signal while
+    it stops is ignored, so that the stop itself is not cut short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Stopped("interrupted (Ctrl-C)" if signum == signal.SIGINT else "stopped (SIGTERM)", 128 + signum)
+
+
 def written(path, write, exclusive=False):
-    """write(tmp), then move tmp to path: a reader sees the old file or the new one, never half of
-    one, and a stop midway (Ctrl-C, SIGTERM, a full disk) leaves no temporary behind. exclusive:
-    link instead of rename, which fails with FileExistsError if path exists (one writer wins)."""
+    """write(tmp), then move tmp to path: a reader sees the old file or the new one, never half of one,
+    and a stop midway leaves no temporary. exclusive: FileExistsError if path exists (one writer wins)."""
     tmp = f"{path}.{os.getpid()}.tmp"       # per process: two runs may write into one folder
     try:
         write(tmp)
@@ -85,8 +90,7 @@ def write_json(path, obj, exclusive=False):
              f"Corr is undefined for a constant prediction, Acc-2/F1 non-0 when every label is 0")
 
 
-CHECKPOINT_KEYS = {"model", "record", "stats", "seed"}     # best.pt; last.pt holds "state" instead of "model"
-LAST_KEYS = {"state", "record", "stats", "seed"}
+CHECKPOINT_KEYS, LAST_KEYS = {"model", "record", "stats", "seed"}, {"state", "record", "stats", "seed"}   # best, last
 
 
 def load_checkpoint(path, keys=CHECKPOINT_KEYS):
@@ -103,10 +107,6 @@ def load_checkpoint(path, keys=CHECKPOINT_KEYS):
     return ckpt
 
 
-def stats_to_tensors(stats):
-    return None if stats is None else {m: {k: torch.as_tensor(v) for k, v in s.items()} for m, s in stats.items()}
-
-
 def as_record(config):
     """A config dataclass as a dict, without its `neutral` fields that are at their default (miar.option)."""
     return {f.name: getattr(config, f.name) for f in fields(config)
@@ -118,6 +118,10 @@ def run_record(config, settings, train):
     as JSON types. Checkpoints, result files and record.json carry it."""
     data = {**train.recipe, "fingerprint": train.fingerprint}
     return json.loads(json.dumps({"model": as_record(config), "train": as_record(settings), "data": data}))
+
+
+def stats_to_tensors(stats):
+    return None if stats is None else {m: {k: torch.as_tensor(v) for k, v in s.items()} for m, s in stats.items()}
 
 
 def same_data(a, b):
@@ -172,6 +176,7 @@ def load_trained(path, device="cpu", verbose=False, model_class=MIAR, config_cla
 # A run folder: record.json, seed_<N>/ per seed, and results.json, their summary
 
 RECORD, RESULT, RESULTS = "record.json", "result.json", "results.json"
+METRICS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc5", "acc7", "mae", "corr")   # what every result holds
 OUTPUTS = ("predictions.csv", "learning_curves.png", "pred_vs_true.png", "token_weights.png")   # before RESULT
 SEED_FILES = ("best.pt", "last.pt", *OUTPUTS, RESULT)
 
@@ -217,20 +222,24 @@ def folder_record(out, seeds):
     return next(iter(shared.values()), None)
 
 
-def hold_to_record(out, record):
-    """Make `record` the folder's record if it has none (exclusively: of two runs starting at once,
-    one writes it and the other is held against it); refuse a run of another record."""
-    had = folder_record(out, finished_seeds(out))
-    if not os.path.isfile(os.path.join(out, RECORD)):
-        try:
-            write_json(os.path.join(out, RECORD), had or record, exclusive=True)
-        except FileExistsError:       # another run made it just now
-            had = folder_record(out, {})
-    diff = differences(had or record, record)
+def hold_to_record(out, record, checkpoints={}):
+    """Give the folder its record.json if it has none: the record its seeds share, or else `record`;
+    exclusively, so that of two runs starting at once one writes it and the other is held against it.
+    Then refuse `record` if it is another, and each {seed: last.pt} to go on from that ran another."""
+    try:
+        write_json(os.path.join(out, RECORD), folder_record(out, finished_seeds(out)) or record, exclusive=True)
+    except FileExistsError:       # the usual case: the folder has its record
+        pass
+    diff = differences(folder_record(out, {}), record)
     if diff:
         raise DataError(f"{out} holds runs of another configuration or other data ({'; '.join(diff)}); their "
                         f"seeds and these would be averaged. Use the flags and data of that run, or another --out "
                         f"(to start over, delete {out})")
+    for seed, ckpt in checkpoints.items():
+        diff = differences(ckpt["record"], record)
+        if diff:
+            raise DataError(f"{out}/seed_{seed}/last.pt ran another configuration or other data ({'; '.join(diff)}); "
+                            f"move it away, and seed {seed} starts from the beginning")
 
 
 def metric(seeds, part, key):
@@ -316,6 +325,7 @@ def claim(folder, stack):
 CURVES = ([("train_loss", "train loss (L1 + λ·con)"), ("train_l1", "train L1"), ("valid_mae", "valid MAE")],
           [("valid_acc2_non0", "valid Acc-2 (non-0)"), ("valid_acc7", "valid Acc-7")])
 
+
 def write_predictions(path, ids, label, pred, weights):
     def write(tmp):
         with open(tmp, "w", newline="") as f:
@@ -347,102 +357,6 @@ def plot_run(folder, history, pred, label, weights):
     for fig, name in zip((curves, scatter, boxes), OUTPUTS[1:]):
         fig.tight_layout()
         written(os.path.join(folder, name), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-
-
-# ----------------------------------------------------------------------------
-# Tables, and the paired comparison of run folders
-
-TABLE = [("Acc-2 has-0/non-0", ("acc2_has0", "acc2_non0")), ("F1 has-0/non-0", ("f1_has0", "f1_non0")),
-         ("Acc-5", ("acc5",)), ("Acc-7", ("acc7",)), ("MAE", ("mae",)), ("Corr", ("corr",))]
-METRICS = [k for _, keys in TABLE for k in keys]     # what every result must hold
-
-
-def format_cells(mean, std=None):
-    """The field's columns: accuracies and F1 in %, MAE and Corr as fractions; null (undefined) as nan."""
-    cells = []
-    for _, keys in TABLE:
-        scale, fmt = (1, "{:.3f}") if keys[0] in ("mae", "corr") else (100, "{:.2f}")
-        show = lambda v: fmt.format((math.nan if v is None else v) * scale)
-        cells.append(" / ".join(show(mean[k]) + (f"±{show(std[k])}" if std is not None else "") for k in keys))
-    return cells
-
-
-def print_columns(rows):
-    """Rows of cells, each column as wide as its widest cell."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print(" | ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
-
-
-def print_table(title, mean, std=None):
-    print(f"\n{title}")
-    print_columns([[name for name, _ in TABLE], format_cells(mean, std)])
-
-
-def paired(base, other):
-    """other - base, paired seed by seed, of a lower-is-better metric ({seed: value} each): over the
-    seeds both have, the mean difference Δ, its standard error (std of Δ with ddof=1, over √n; NaN
-    for one seed) and on how many seeds `other` is strictly lower (better) and strictly higher."""
-    seeds = sorted(set(base) & set(other))
-    delta = np.array([other[s] - base[s] for s in seeds], dtype=float)
-    n = len(seeds)
-    return {"seeds": seeds, "n": n, "mean": float(delta.mean()) if n else math.nan,
-            "se": float(delta.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
-            "better": int((delta < 0).sum()), "worse": int((delta > 0).sum())}
-
-
-MIN_SEEDS = 3      # fewer shared seeds than this: too few to say
-DECISION = ("decide on valid MAE: |Δ| > 2 SE and most shared seeds agree: better or worse; otherwise a tie; "
-            f"fewer than {MIN_SEEDS} shared seeds: too few to say. Valid also picked each seed's best epoch, which "
-            "flatters noisier runs; test reports, it does not decide")
-
-
-def verdict(p):
-    """The decision rule (DECISION) applied to a `paired` result on valid MAE."""
-    if p["n"] < MIN_SEEDS:
-        return "too few seeds"
-    if p["mean"] < -2 * p["se"] and p["better"] > p["n"] / 2:
-        return "better"
-    if p["mean"] > 2 * p["se"] and p["worse"] > p["n"] / 2:
-        return "worse"
-    return "tie"
-
-
-def compare_runs(paths):
-    """Each run folder's test mean ± std; then against the first folder: how their records differ (flags,
-    data, torch and device), and paired over their shared seeds the Δ MAE ± SE on valid (which decides,
-    by DECISION) and on test (which reports). Returns one dict per folder."""
-    rows = []
-    for path in paths:
-        seeds = finished_seeds(path)
-        if not seeds:
-            raise DataError(f"no finished seed in {path} (seed_<N>/{RESULT}); pass the --out folder of a run")
-        test = {k: list(metric(seeds, "test", k).values()) for k in METRICS}
-        rows.append({"name": os.path.basename(os.path.normpath(path)), "seeds": seeds,
-                     "record": folder_record(path, seeds), "mean": {k: np.mean(v) for k, v in test.items()},
-                     "std": {k: np.std(v) for k, v in test.items()},
-                     "ran on": sorted({f"torch {r.get('torch')} on {r.get('device')}" for r in seeds.values()})})
-    first, se = rows[0], lambda p: "n/a" if math.isnan(p["se"]) else f"{p['se']:.3f}"
-    print_columns([["run", "seeds", *[name for name, _ in TABLE]]] +
-                  [[r["name"], str(len(r["seeds"])), *format_cells(r["mean"], r["std"])] for r in rows])
-    table = [[f"vs {first['name']}", "shared seeds", "Δ valid MAE ± SE", "better", "Δ test MAE ± SE", "better",
-              "verdict"]]
-    for r in rows[1:]:
-        r["differences"] = differences(first["record"], r["record"]) + (
-            [f"ran on: {first['ran on']} there, {r['ran on']} here"] if r["ran on"] != first["ran on"] else [])
-        r.update({part: paired(metric(first["seeds"], part, "mae"), metric(r["seeds"], part, "mae"))
-                  for part in ("valid", "test")})
-        r["verdict"] = verdict(r["valid"])
-        table.append([r["name"], " ".join(map(str, r["valid"]["seeds"])) or "none", *[
-            cell for p in (r["valid"], r["test"]) for cell in (f"{p['mean']:+.3f} ± {se(p)}", f"{p['better']} of {p['n']}")],
-            r["verdict"]])
-    if len(rows) > 1:
-        print()
-        print_columns(table)
-        for r in rows[1:]:
-            print(f"{r['name']} differs from {first['name']}: {'; '.join(r['differences']) or 'nothing recorded'}")
-        print(f"Δ = folder − {first['name']}, lower is better. Rule: {DECISION}.")
-    return rows
 
 
 def stopped_message(stop, out, seed, argv):

@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from data import DATA_FLAGS, DataError, add_data_flags, load_dataset
 from miar import MIAR, MODALITIES, MIARConfig, count_parameters, option
-from runs import (OUTPUTS, RESULT, RESULTS, Stopped, claim, compare_runs, differences, hold_to_record,
-                  load_checkpoint, model_and_data, plot_run, prepare_out, print_table, run_record, save_checkpoint,
-                  stats_to_tensors, stopped_message, summarise, write_json, write_predictions)
+from compare import compare_runs, print_table
+from runs import (OUTPUTS, RESULT, RESULTS, Stopped, claim, hold_to_record, load_checkpoint,
+                  model_and_data, on_signal, plot_run, prepare_out, run_record, save_checkpoint, stats_to_tensors,
+                  stopped_message, summarise, write_json, write_predictions)
 
 
 @dataclass
@@ -61,18 +62,13 @@ class TrainConfig:
 # Metrics, exactly as MMSA / MulT and nearly every paper compute them (README, "Metrics").
 # All are fractions; the printed tables show x100.
 
-METRIC_NAMES = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7", "mae", "corr")
-
-
 def weighted_f1(truth, guess):
     """F1 of a binary problem, averaged over the two classes weighted by their true
     support (sklearn's average='weighted'); a class never predicted has F1 0."""
     score = 0.0
     for cls in (False, True):
         tp = np.sum((guess == cls) & (truth == cls))
-        fp = np.sum((guess == cls) & (truth != cls))
-        fn = np.sum((guess != cls) & (truth == cls))
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        f1 = 2 * tp / (np.sum(guess == cls) + np.sum(truth == cls)) if tp else 0.0   # 2tp / (2tp + fp + fn)
         score += f1 * np.sum(truth == cls)
     return float(score / len(truth))
 
@@ -82,7 +78,7 @@ def compute_metrics(pred, label):
     pred = np.asarray(pred, dtype=np.float64).reshape(-1)
     label = np.asarray(label, dtype=np.float64).reshape(-1)
     if pred.shape != label.shape or len(pred) == 0:
-        raise ValueError(f"compute_metrics: pred has {pred.shape}, label {label.shape}; expected two equal, non-empty (N,)")
+        raise ValueError(f"compute_metrics: pred {pred.shape}, label {label.shape}; expected two equal, non-empty (N,)")
     if not (np.isfinite(pred).all() and np.isfinite(label).all()):
         raise ValueError("compute_metrics: non-finite predictions or labels; the model diverged or the data is broken")
     nonzero = label != 0      # "non-0": neutral utterances are dropped, then > 0 vs <= 0
@@ -174,7 +170,8 @@ def predict(model, dataset, batch_size, device, drop=()):
     preds, weights = [], []
     for batch in batches(dataset, batch_size):
         out = model(**model_inputs(batch, device, drop))
-        preds.append(out.pred.float().cpu()); weights.append(out.weights.float().cpu())
+        preds.append(out.pred.float().cpu())
+        weights.append(out.weights.float().cpu())
     return torch.cat(preds).numpy(), torch.cat(weights).numpy(), dataset.tensors["label"].numpy()
 
 
@@ -341,7 +338,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     or "(default: None)" would only confuse."""
 
     def _get_help_string(self, action):
-        return action.help if action.default is None or isinstance(action.default, bool) else super()._get_help_string(action)
+        plain = action.default is None or isinstance(action.default, bool)
+        return action.help if plain else super()._get_help_string(action)
 
 
 def build_parser():
@@ -383,8 +381,8 @@ def parse_args(argv):
     if args.eval_only and args.compare:
         p.error("--eval-only and --compare are separate modes; give one of them")
     for mode, takes in MODES.items():      # a flag that a mode would ignore is refused, never dropped silently
-        ignored = [flag for dest, flag in args.given.items() if dest not in (mode, *takes)] if getattr(args, mode) else []
-        if ignored:
+        ignored = [flag for dest, flag in args.given.items() if dest not in (mode, *takes)]
+        if getattr(args, mode) and ignored:
             p.error(f"--{mode.replace('_', '-')} would ignore {', '.join(ignored)}; leave them out (it takes "
                     f"{', '.join('--' + d.replace('_', '-') for d in takes) or 'only run folders'})")
     if args.drop_modality and not args.eval_only:
@@ -420,8 +418,8 @@ def eval_only(args, device):
     trained = ckpt["record"]["train"]["modalities"]
     drop = sorted(set(args.drop_modality) | {m for m in MODALITIES if m not in trained})
     results = {s: evaluate(model, datasets[s], args.batch_size, device, drop) for s in ("valid", "test")}
-    print_table(f"{args.eval_only} on {datasets['test'].source}: test" + (f" without {', '.join(drop)}" if drop else ""),
-                results["test"])
+    without = f" without {', '.join(drop)}" if drop else ""
+    print_table(f"{args.eval_only} on {datasets['test'].source}: test{without}", results["test"])
     return results
 
 
@@ -436,12 +434,7 @@ def train_seeds(args, device, argv):
         raise DataError(f"batches of {min(args.settings.batch_size, len(datasets['train']))} utterance leave the "
                         f"contrastive loss no other utterance to tell apart (it would be 0); use --batch-size 2 or "
                         f"more and a train split of 2 or more, or --lambda-con 0")
-    hold_to_record(args.out, record)
-    for seed, ckpt in resume.items():
-        diff = differences(ckpt["record"], record)
-        if diff:
-            raise DataError(f"{args.out}/seed_{seed}/last.pt ran another configuration or other data "
-                            f"({'; '.join(diff)}); move it away, and seed {seed} starts from the beginning")
+    hold_to_record(args.out, record, resume)
     print(f"data: {datasets['train'].source} | train/valid/test {[len(d) for d in datasets.values()]} | "
           f"widths {datasets['train'].dims} | lengths {datasets['train'].lengths}")
     print(f"model: MIAR with {count_parameters(MIAR(config)):,} parameters on {device} | {config}")
@@ -469,14 +462,6 @@ def train_seeds(args, device, argv):
                 summary["test_mean"], summary["test_std"])
     print(f"wrote {os.path.join(args.out, RESULTS)}")
     return summary
-
-
-def on_signal(signum, frame):
-    """Ctrl-C, and SIGTERM (SLURM, `timeout`, `docker stop`): stop the run cleanly. A second signal while
-    it stops is ignored, so that the stop itself is not cut short."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Stopped("interrupted (Ctrl-C)" if signum == signal.SIGINT else "stopped (SIGTERM)", 128 + signum)
 
 
 def main(argv=None):
