@@ -1,4 +1,6 @@
-"""data.py: both pickle schemas, masks, clean-up, text swap, synthetic data, every bad input."""
+"""data.py: both pickle schemas, masks, clean-up, text swap, the command line, every bad input."""
+import argparse
+import inspect
 import os
 import pickle
 import re
@@ -177,7 +179,7 @@ def test_text_swap_with_wrong_count_or_ids_says_so(tmp_path):
     path, raw = mmsa_pickle(tmp_path)
     short = {s: {"text": np.ones((n - 1, 8, 30))} for s, n in SIZES.items()}
     (tmp_path / "short.pkl").write_bytes(pickle.dumps(short))
-    with pytest.raises(DataError, match=r"'text' has 5 samples; the main file's train split has 6"):
+    with pytest.raises(DataError, match=r"\[train\]: sample counts differ across keys: \{'the main file': 6, 'text': 5"):
         load_dataset(data_path=str(path), text_features=str(tmp_path / "short.pkl"))
     shuffled = {s: {"text": np.ones((n, 8, 30)), "id": raw[s]["id"][::-1]} for s, n in SIZES.items()}
     (tmp_path / "shuf.pkl").write_bytes(pickle.dumps(shuffled))
@@ -216,7 +218,8 @@ def test_not_a_pickle_is_reported(tmp_path):
     (lambda r: r["test"].pop("regression_labels"), r"\[test\]: no label key; expected 'regression_labels'"),
     (lambda r: r["train"].update(audio=np.zeros((6, 8))), r"\[train\]: 'audio' has shape \(6, 8\); expected 3-D"),
     (lambda r: r["valid"].update(vision=np.zeros((2, 8, 4))), r"\[valid\]: sample counts differ.*'vision': 2"),
-    (lambda r: r["train"]["regression_labels"].__setitem__(1, np.nan), r"\[train\]: 1 non-finite labels"),
+    (lambda r: r["train"]["regression_labels"].__setitem__(1, np.nan),
+     r"\[train\]: 1 of 6 'regression_labels' are not finite scores in \[-3, 3\] \(first: nan\)"),
     (lambda r: r.update(test={k: v[:0] for k, v in r["test"].items()}), r"\[test\]: the split is empty"),
     # every per-sample array has the split's N (the Dataset takes its length from 'id')
     (lambda r: r["train"].update(id=r["train"]["id"][:2]), r"\[train\]: sample counts differ.*'id': 2"),
@@ -225,9 +228,10 @@ def test_not_a_pickle_is_reported(tmp_path):
     (lambda r: r["train"].update(audio_lengths=[3, 3]), r"\[train\]: sample counts differ.*'audio_lengths': 2"),
     (lambda r: r["test"].update(text_bert=r["test"]["text_bert"][:1]), r"\[test\]: sample counts differ.*'text_bert': 1"),
     # broken content
-    (lambda r: r["train"]["regression_labels"].__setitem__(0, 50), r"\[train\]: 1 of 6 'regression_labels' lie outside \[-3, 3\]"),
+    (lambda r: r["train"]["regression_labels"].__setitem__(0, 50),
+     r"\[train\]: 1 of 6 'regression_labels' are not finite scores in \[-3, 3\] \(first: 50\)"),
     (lambda r: r["valid"].update(regression_labels=np.array(["positive"] * 3)),
-     r"\[valid\]: 'regression_labels' is not numeric \(could not convert string to float"),
+     r"\[valid\]: 'regression_labels' is not numeric \(dtype <U8: text or raw bytes\)"),
     (lambda r: r["test"]["text_bert"][:, 1].__setitem__(slice(None), 0), r"\[test\]: the text mask .* marks no real token"),
     (lambda r: r["valid"].update(audio=np.ones((3, 8, 5))),
      r"feature widths differ between splits: train \{'text': 12, 'audio': 3, 'vision': 4\}, valid \{.*'audio': 5"),
@@ -255,7 +259,7 @@ def test_fractional_lengths_are_rejected_not_truncated(tmp_path):
     raw = {s: mmsa_split(n, rng, first_id=FIRST_ID[s], len_a=20, len_v=15) for s, n in SIZES.items()}
     raw["valid"]["vision_lengths"] = np.array([2.5, 3.0, 4.0])
     (tmp_path / "bad.pkl").write_bytes(pickle.dumps(raw))
-    with pytest.raises(DataError, match=r"\[valid\] 'vision_lengths': 1 lengths are not whole numbers \(first: 2.5 at index 0\)"):
+    with pytest.raises(DataError, match=r"\[valid\] 'vision_lengths': 1 lengths are not whole numbers \(first: 2.5\)"):
         load_dataset(data_path=str(tmp_path / "bad.pkl"))
 
 
@@ -267,8 +271,10 @@ def drop_text_of_two_aligned_samples(raw):
 
 
 @pytest.mark.parametrize("breakage, warning", [
-    (lambda r: r["test"]["vision"].__setitem__(Ellipsis, 0), r"\[test\]: 'vision' is zero everywhere \(128 values\)"),
-    (lambda r: r["valid"]["audio"].__setitem__(Ellipsis, np.nan), r"\[valid\]: 'audio' is non-finite everywhere \(72 values"),
+    (lambda r: r["test"]["vision"].__setitem__(Ellipsis, 0),
+     r"\[test\]: 'vision' has no real frame with a non-zero value in any of its 4 samples \(0 of its 128 values"),
+    (lambda r: r["valid"]["audio"].__setitem__(Ellipsis, np.nan),
+     r"\[valid\]: 'audio' has no real frame with a non-zero value .*\(72 of its 72 values were non-finite"),
     (drop_text_of_two_aligned_samples,
      r"\[train\]: 2 of 6 samples have no real text token \(and so no real audio/vision frame.*First: 'vid0\$_\$1'"),
 ])
@@ -304,7 +310,7 @@ def test_pickle_payload_is_refused_by_name_and_never_executed(tmp_path, capsys, 
     (tmp_path / "swap.pkl").write_bytes(pickle.dumps(swap))
     with pytest.raises(DataError, match=rf"refused to load: the pickle asks for '{name}'"):
         load_dataset(data_path=str(path), text_features=str(tmp_path / "swap.pkl"))
-    assert data.main(["--summary", "--data-path", str(path)]) == (2 if where == "data" else 0)
+    assert data.main(["--data-path", str(path)]) == (2 if where == "data" else 0)
     err = capsys.readouterr().err
     assert "Traceback" not in err and (name in err) == (where == "data")
     assert not marker.exists()
@@ -327,33 +333,9 @@ def test_pickles_of_numpy_1_and_2_load_with_every_protocol(tmp_path, protocol, n
         assert len(ds["train"]) == 6 and np.isfinite(ds["train"].tensors["audio"].numpy()).all()
 
 
-def test_synthetic_is_deterministic_and_seed_dependent():
-    a, b = data.make_synthetic("tiny", seed=3), data.make_synthetic("tiny", seed=3)
-    c = data.make_synthetic("tiny", seed=4)
-    for key in ("text", "audio", "vision", "regression_labels"):
-        assert np.array_equal(a["valid"][key], b["valid"][key])
-    assert not np.array_equal(a["valid"]["regression_labels"], c["valid"]["regression_labels"])
-
-
-def test_synthetic_has_mosi_sizes_widths_and_raw_scales_orders_apart():
-    ds = load_dataset("synthetic", normalize=False)
-    assert [len(ds[s]) for s in ("train", "valid", "test")] == [1284, 229, 686]
-    assert ds["train"].dims == {"text": 768, "audio": 5, "vision": 20}
-    vision = ds["train"].tensors["vision"][ds["train"].tensors["vision_mask"]]
-    spread = vision.std(0)
-    assert spread.max() / spread.min() > 100          # why normalisation matters
-    labels = ds["train"].tensors["label"].numpy()
-    assert labels.min() >= -3 and labels.max() <= 3 and (labels == 0).mean() > 0.01
-
-
-def test_synthetic_unaligned_uses_mosi_frame_rates():
-    ds = load_dataset("synthetic", unaligned=True)["test"]
-    assert ds.lengths == {"text": 50, "audio": 375, "vision": 500}
-
-
 def test_written_synthetic_pickle_loads_back_identically(tmp_path):
     out = tmp_path / "s.pkl"
-    assert data.main(["--write-synthetic", str(out), "--size", "tiny", "--unaligned"]) == 0
+    assert data.main(["--write-synthetic", str(out), "--synthetic-size", "tiny", "--unaligned"]) == 0
     raw = pickle.loads(out.read_bytes())
     assert "text_bert" in raw["train"] and "sarcastic" not in raw["train"]
     from_file = load_dataset(data_path=str(out), verbose=False)["valid"]
@@ -363,16 +345,17 @@ def test_written_synthetic_pickle_loads_back_identically(tmp_path):
 
 
 def test_cli_prints_clear_error_instead_of_traceback(tmp_path, capsys):
-    assert data.main(["--summary", "--dataset", "mosi", "--data-dir", str(tmp_path)]) == 2
+    assert data.main(["--dataset", "mosi", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no MOSI features found") and "Traceback" not in err
 
 
-@pytest.mark.parametrize("where, message", [("missing/synth.pkl", "does not exist"), (".", "is a folder")])
+@pytest.mark.parametrize("where, message", [("missing/s.pkl", "No such file or directory"), (".", "Is a directory")])
 def test_write_synthetic_into_a_bad_place_says_so(tmp_path, capsys, where, message):
-    assert data.main(["--write-synthetic", str(tmp_path / where), "--size", "tiny"]) == 2
+    assert data.main(["--write-synthetic", str(tmp_path / where), "--synthetic-size", "tiny"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --write-synthetic") and message in err and "expected a file path" in err
+    assert err.startswith("error: cannot write") and message in err and "expected a file path" in err
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}*.tmp")) and not list(tmp_path.rglob("*.tmp"))
 
 
 def test_all_zero_frames_inside_the_real_length_are_masked_as_missing(tmp_path, capsys):
@@ -399,7 +382,8 @@ def test_all_zero_frames_inside_the_real_length_are_masked_as_missing(tmp_path, 
 def test_fingerprint_is_stable_and_changes_with_seed_or_one_label(tmp_path):
     path, raw = mmsa_pickle(tmp_path)
     first = load_dataset(data_path=str(path), verbose=False)
-    assert len({ds.fingerprint for ds in first.values()}) == 1 and re.fullmatch(r"[0-9a-f]{16}", first["train"].fingerprint)
+    assert len({ds.fingerprint for ds in first.values()}) == 1
+    assert re.fullmatch(r"v2:[0-9a-f]{16}", first["train"].fingerprint)
     assert load_dataset(data_path=str(path), normalize=False, verbose=False)["test"].fingerprint == first["test"].fingerprint
     reseeded, _ = mmsa_pickle(tmp_path, name="seed1.pkl", seed=1)
     raw["valid"]["regression_labels"][2] += 0.5
@@ -438,8 +422,9 @@ def test_modality_without_real_frames_is_warned_and_left_unscaled(tmp_path, caps
     path.write_bytes(pickle.dumps(raw))
     ds = load_dataset(data_path=str(path), verbose=False)
     err = capsys.readouterr().err
-    assert re.search(r"\[train\]: 'audio' has no real frame in any of the 6 samples.*left unscaled \(mean 0, std 1\)", err)
-    assert re.search(r"\[test\]: 'vision' has no real frame in any of the 4 samples", err)
+    assert re.search(r"\[train\]: 'audio' has no real frame with a non-zero value in any of its 6 samples.*"
+                     r"left unscaled \(mean 0, std 1\)", err)
+    assert re.search(r"\[test\]: 'vision' has no real frame with a non-zero value in any of its 4 samples", err)
     stats = ds["train"].stats["audio"]
     assert (stats["mean"] == 0).all() and (stats["std"] == 1).all()
     real = np.arange(20)[None] < np.asarray(raw["valid"]["audio_lengths"])[:, None]
@@ -509,15 +494,17 @@ def test_aligned_file_storing_the_padded_length_still_masks_padding(tmp_path):
 
 RAGGED = [np.zeros((8, 3)), np.zeros((5, 3))] * 3
 BAD_VALUES = [
-    (lambda r: r["train"].update(audio=RAGGED), r"\[train\]: 'audio' is not an array of numbers \(.*inhomogeneous"),
+    (lambda r: r["train"].update(audio=RAGGED), r"\[train\]: 'audio' is not numeric \(.*inhomogeneous"),
     (lambda r: r["train"].update(audio=np.array(RAGGED, dtype=object)),
      r"\[train\]: 'audio' has shape \(6,\) \(an object array: per-utterance arrays of different lengths\?\)"),
-    (lambda r: r["valid"].update(vision=r["valid"]["vision"].astype(str)), r"\[valid\]: 'vision' is not an array of numbers \(dtype <U"),
+    (lambda r: r["valid"].update(vision=r["valid"]["vision"].astype(str)),
+     r"\[valid\]: 'vision' is not numeric \(dtype <U"),
     (lambda r: r["test"].update(text_bert=r["test"]["text_bert"].astype(str).astype(object) + "x"),
-     r"\[test\]: 'text_bert' is not numeric \(could not convert string to float"),
+     r"\[test\]: 'text_bert' is not numeric \(dtype object: text or raw bytes\)"),
     (lambda r: r["train"].update(regression_labels=np.zeros((6, 2))),
-     r"\[train\]: 'regression_labels' has shape \(6, 2\); expected one sentiment score per sample"),
-    (lambda r: r["train"].update(regression_labels=np.zeros((6, 1, 3))), r"\[train\]: 'regression_labels' has shape \(6, 1, 3\); expected one sentiment score"),
+     r"\[train\]: 'regression_labels' has shape \(6, 2\); expected one sentiment score in \[-3, 3\] per sample"),
+    (lambda r: r["train"].update(regression_labels=np.zeros((6, 1, 3))),
+     r"\[train\]: 'regression_labels' has shape \(6, 1, 3\); expected one sentiment score"),
 ]
 
 
@@ -530,7 +517,7 @@ def test_bad_values_name_file_split_and_key_in_load_and_summary(tmp_path, capsys
     path.write_bytes(pickle.dumps(raw))
     with pytest.raises(DataError, match=rf"{re.escape(str(path))} {message}"):
         load_dataset(data_path=str(path))
-    assert data.main(["--summary", "--data-path", str(path)]) == 2
+    assert data.main(["--data-path", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and re.search(message, err)
 
@@ -539,3 +526,151 @@ def test_mult_labels_of_shape_n_1_1_stay_fine(tmp_path):
     path, raw, _ = mult_pickle(tmp_path)
     assert raw["train"]["labels"].shape == (6, 1, 1)
     assert load_dataset(data_path=str(path), verbose=False)["train"].tensors["label"].shape == (6,)
+
+
+# ----------------------------------------------------------------------------
+# Data that cannot lie (issue 21): masks, memory bombs, empty modalities, text labels, every value
+
+def test_text_lengths_in_the_main_file_set_the_text_mask(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = {s: mmsa_split(n, rng, first_id=FIRST_ID[s]) for s, n in SIZES.items()}
+    for split in raw.values():      # no text_bert: BERT-like text is non-zero at padding too
+        split["text_lengths"] = split.pop("text_bert")[:, 1].sum(1).astype(int)
+    (tmp_path / "lengths.pkl").write_bytes(pickle.dumps(raw))
+    ds = load_dataset(data_path=str(tmp_path / "lengths.pkl"), verbose=False)["train"]
+    assert np.array_equal(ds.tensors["text_mask"].sum(1).numpy(), raw["train"]["text_lengths"])
+    assert not ds.tensors["text_mask"].all()
+
+
+BOMBS = {   # what an 80-byte file can ask an allowed constructor for
+    "bytearray(2**40)": (bytearray, (2 ** 40,), r"asks 'builtins.bytearray' for 1,099,511,627,776 bytes"),
+    "bytes(2**40)": (bytes, (2 ** 40,), r"asks 'builtins.bytes' for 1,099,511,627,776 bytes"),
+    "_reconstruct": (np._core.multiarray._reconstruct, (np.ndarray, (10 ** 6, 10 ** 6, 10), b"b"),
+                     r"asks 'numpy._core.multiarray._reconstruct' for 10,000,000,000,000 bytes"),
+    "scalar": (np._core.multiarray.scalar, (np.dtype(("V", 2 ** 31 - 1)),),
+               r"asks 'numpy._core.multiarray.scalar' for 2,147,483,647 bytes"),
+    "numpy.ndarray": (np.ndarray, ((10 ** 6, 10 ** 6, 10),), r"calls numpy.ndarray\(\(1000000, 1000000, 10\),\)"),
+}
+
+
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_allocating_constructors_cannot_ask_for_more_than_the_file_holds(tmp_path, bomb):
+    call, args, message = BOMBS[bomb]
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(pickle.dumps({"train": Payload(call, args), "valid": 0, "test": 0}, protocol=4))
+    assert path.stat().st_size < 200
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}.*{message}"):
+        load_dataset(data_path=str(path))
+
+
+def test_a_length_in_the_pickle_itself_cannot_exhaust_memory(tmp_path):
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(b"\x80\x04\x8e" + (2 ** 40).to_bytes(8, "little") + b"abc")   # BINBYTES8 of 1 TiB
+    with pytest.raises(DataError, match=re.escape(str(path))):
+        load_dataset(data_path=str(path))
+
+
+def test_object_array_with_fewer_items_than_its_shape_is_refused_not_a_crash(tmp_path):
+    blob = pickle.dumps({"train": np.array([1, 2, 3], dtype=object), "valid": 0, "test": 0}, protocol=2)
+    assert blob.count(b"K\x03\x85") == 1       # the state's shape (3,): numpy would read 99 items from 3
+    (tmp_path / "short.pkl").write_bytes(blob.replace(b"K\x03\x85", b"Kc\x85"))
+    with pytest.raises(DataError, match=r"an object array of shape \(99,\) holds 3 items"):
+        data.read_pickle(str(tmp_path / "short.pkl"))
+
+
+@pytest.mark.parametrize("key, shape", [("audio", (6, 0, 3)), ("vision", (6, 8, 0))])
+def test_modality_padded_to_length_zero_is_refused(tmp_path, capsys, key, shape):
+    path, raw = mmsa_pickle(tmp_path)
+    raw["train"][key] = np.zeros(shape)
+    path.write_bytes(pickle.dumps(raw))
+    with pytest.raises(DataError, match=rf"\[train\]: '{key}' has shape {re.escape(str(shape))}: no frame or no"):
+        load_dataset(data_path=str(path))
+    assert data.main(["--data-path", str(path)]) == 2 and "real nan" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("as_text", [lambda y: y.astype(str), lambda y: [str(v) for v in y],
+                                     lambda y: y.astype(str).astype(object)])
+def test_labels_stored_as_text_are_refused(tmp_path, as_text):
+    path, raw = mmsa_pickle(tmp_path)
+    raw["valid"]["regression_labels"] = as_text(raw["valid"]["regression_labels"])     # "1.0", numpy would parse it
+    path.write_bytes(pickle.dumps(raw))
+    with pytest.raises(DataError, match=r"\[valid\]: 'regression_labels' is not numeric \(dtype .*: text"):
+        load_dataset(data_path=str(path))
+
+
+def fortran_order(raw):
+    for split in raw.values():
+        split.update({k: np.asfortranarray(split[k]) for k in ("text", "audio", "vision")})
+
+
+def one_value_of_the_last_sample(raw):
+    raw["test"]["text"][-1, -1, -1] += 1.0
+
+
+def two_thirds_of_train_rewritten(raw):
+    raw["train"]["audio"][2:] *= -1.5
+
+
+def two_utterances_swapped(raw):
+    order = [1, 0, 2, 3, 4, 5]
+    raw["train"].update({k: np.asarray(v)[order] for k, v in raw["train"].items()})
+
+
+def test_fingerprint_covers_every_value_in_any_memory_layout(tmp_path):
+    path, raw = mmsa_pickle(tmp_path)
+
+    def fingerprint(change):
+        changed = pickle.loads(pickle.dumps(raw))
+        change(changed)
+        path.write_bytes(pickle.dumps(changed))
+        return load_dataset(data_path=str(path), verbose=False)["train"].fingerprint
+    same = fingerprint(lambda r: None)
+    assert same.startswith("v2:") and fingerprint(fortran_order) == same
+    fortran = load_dataset(data_path=str(path), verbose=False)["valid"].tensors     # the file is in Fortran order
+    assert all(fortran[k].is_contiguous() for k in ("text", "audio", "vision"))     # so the numbers are the same
+    changes = (one_value_of_the_last_sample, two_thirds_of_train_rewritten, two_utterances_swapped)
+    assert len({fingerprint(change) for change in changes} - {same}) == 3
+
+
+# ----------------------------------------------------------------------------
+# The command line: train.py's data flags, written files whole or not at all
+
+def test_data_flags_are_load_dataset_keywords_with_one_flag_each():
+    group = data.add_data_flags(argparse.ArgumentParser())
+    assert sorted(a.dest for a in group._group_actions) == sorted(data.DATA_FLAGS)
+    assert set(data.DATA_FLAGS) <= set(inspect.signature(load_dataset).parameters)
+
+
+def test_cli_summarises_the_data_train_py_flags_name(capsys):
+    assert data.main(["--synthetic-size", "tiny", "--synthetic-seed", "3", "--unaligned"]) == 0
+    out = capsys.readouterr().out
+    assert "train N=    96" in out and "audio (75, 5)" in out
+    same = load_dataset(synthetic_size="tiny", synthetic_seed=3, unaligned=True, verbose=False)["test"]
+    assert f"fingerprint {same.fingerprint}" in out
+
+
+@pytest.mark.parametrize("flags", [["--dataset", "mosi"], ["--data-path", "x.pkl"], ["--text-features", "t.pkl"]])
+def test_write_synthetic_refuses_other_data(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as e:
+        data.main(["--write-synthetic", str(tmp_path / "s.pkl"), *flags])
+    assert e.value.code == 2 and "--write-synthetic writes --dataset synthetic" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_write_synthetic_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "s.pkl"
+    assert data.main(["--write-synthetic", str(path), "--synthetic-size", "tiny"]) == 0
+    good = path.read_bytes()
+
+    def disk_full(obj, f, protocol):
+        f.write(b"half a pickle")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(data.synthetic.pickle, "dump", disk_full)
+    assert data.main(["--write-synthetic", str(path), "--synthetic-size", "tiny", "--synthetic-seed", "1"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write {path} (No space left on device)")
+    assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["s.pkl"]
+
+
+def test_negative_synthetic_seed_is_one_error_line(capsys):
+    assert data.main(["--synthetic-size", "tiny", "--synthetic-seed", "-1"]) == 2
+    assert capsys.readouterr().err == "error: synthetic seed -1 is negative; numpy's generators take seeds from 0 up\n"
