@@ -86,7 +86,7 @@ def compare_runs(paths):
     table = [[f"vs {first['name']}", "shared seeds", "Δ valid MAE ± SE", "better", "Δ test MAE ± SE", "better",
               "verdict"]]
     for r in rows[1:]:
-        r["differences"] = differences(first["record"], r["record"]) + (
+        r["differences"] = differences(first["record"], r["record"], where=True) + (
             [f"ran on: {first['ran on']} there, {r['ran on']} here"] if r["ran on"] != first["ran on"] else [])
         r.update({part: paired(metric(first["seeds"], part, "mae"), metric(r["seeds"], part, "mae"))
                   for part in ("valid", "test")})
@@ -97,6 +97,7 @@ def compare_runs(paths):
         print()
         print_columns(table)
         for r in rows[1:]:
-            print(f"{r['name']} differs from {first['name']}: {'; '.join(r['differences']) or 'nothing recorded'}")
+            differ = "; ".join(r["differences"]) or "no difference in their records"
+            print(f"{r['name']} differs from {first['name']}: {differ}")
         print(f"Δ = folder − {first['name']}, lower is better. Rule: {DECISION}.")
     return rows

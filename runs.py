@@ -126,16 +126,18 @@ def stats_to_tensors(stats):
 
 def same_data(a, b):
     """Two fingerprints of one version compared; of two versions (data.fingerprint_of, "v2:..." against
-    the older bare digits) they cannot be, and count as the same, so that older run folders stay usable."""
-    version = lambda f: str(f).split(":")[0] if ":" in str(f) else "v1"
+    the older bare digits, or none at all) they cannot be, and count as the same: older folders stay usable."""
+    version = lambda f: "none" if f is None else f.split(":")[0] if ":" in f else "v1"
     return a == b or version(a) != version(b)
 
 
-def differences(had, now):
+def differences(had, now, where=False):
     """What differs between two run records: model, settings, and the data's fingerprint (not its
-    path: the same file moved is the same data, a file rewritten in place is not)."""
+    path: the same file moved is the same data, a file rewritten in place is not). where=True: also
+    how the data was loaded (its path, ...), which says more when the fingerprints cannot be compared."""
+    parts = ("model", "train", "data") if where else ("model", "train")
     diff = [(f"{part}.{k}", had.get(part, {}).get(k, "(missing)"), now.get(part, {}).get(k, "(missing)"))
-            for part in ("model", "train") for k in {**had.get(part, {}), **now.get(part, {})}]
+            for part in parts for k in {**had.get(part, {}), **now.get(part, {})} if k != "fingerprint"]
     prints = [r.get("data", {}).get("fingerprint") for r in (had, now)]
     diff += [] if same_data(*prints) else [("data.fingerprint", *prints)]
     return [f"{key}: {a!r} there, {b!r} here" for key, a, b in diff if a != b]
@@ -215,11 +217,12 @@ def folder_record(out, seeds):
                 return json.load(f)
         except (ValueError, OSError) as e:
             raise DataError(f"{path} is damaged ({e}); move it away and the folder's seeds define it again") from None
-    shared = {json.dumps(r["config"], sort_keys=True): r["config"] for r in seeds.values()}
-    if len(shared) > 1:
-        raise DataError(f"{out}: its seeds ran different configurations or data ({', '.join(map(str, seeds))}); "
-                        f"move the seed folders that do not belong apart")
-    return next(iter(shared.values()), None)
+    first = next(iter(seeds.values()), {"config": None})["config"]
+    other = [s for s, r in seeds.items() if differences(first, r["config"])]
+    if other:
+        raise DataError(f"{out}: seeds {other} ran another configuration or data than seed {min(seeds)} "
+                        f"({'; '.join(differences(first, seeds[other[0]]['config']))}); move them apart")
+    return first
 
 
 def hold_to_record(out, record, checkpoints={}):
