@@ -50,3 +50,27 @@ def test_summarise_averages_the_seed_folders(tmp_path):
     assert sorted(summary["seeds"]) == ["1", "2"] and summary["test_mean"]["mae"] == pytest.approx(0.5)
     assert summary["test_std"]["mae"] == pytest.approx(0.1)
     assert json.loads((tmp_path / "results.json").read_text()) == summary
+
+
+def test_fingerprints_of_two_versions_or_none_cannot_be_compared_and_count_as_the_same():
+    assert runs.same_data("v2:ab", "v2:ab") and not runs.same_data("v2:ab", "v2:cd")
+    assert runs.same_data("3e6e79b4c3d60b70", "v2:cd") and runs.same_data(None, "v2:cd")
+    assert not runs.same_data("3e6e79b4c3d60b70", "0000000000000000")
+    had, now = ({"model": {}, "train": {}, "data": {"data_path": p, "fingerprint": "v2:ab"}} for p in ("/a", "/b"))
+    assert runs.differences(had, now) == [] and runs.differences(had, now, where=True) == [
+        "data.data_path: '/a' there, '/b' here"]
+
+
+def test_a_folder_without_record_json_takes_the_record_its_seeds_share_or_is_refused(tmp_path):
+    def seed(n, lr):
+        (tmp_path / f"seed_{n}").mkdir()
+        metrics = {k: 0.5 for k in runs.METRICS}
+        runs.write_json(str(tmp_path / f"seed_{n}" / "result.json"), {"valid": metrics, "test": metrics, "config": {
+            "model": {}, "train": {"lr": lr}, "data": {"data_path": f"/moved{n}", "fingerprint": "v2:ab"}}})
+    assert runs.folder_record(str(tmp_path), {}) is None
+    seed(1, 0.001)
+    seed(2, 0.001)                   # the same data read from another path: one record
+    assert runs.folder_record(str(tmp_path), runs.finished_seeds(str(tmp_path)))["train"] == {"lr": 0.001}
+    seed(3, 0.01)
+    with pytest.raises(runs.DataError, match=r"seeds \[3\] ran another configuration.*train.lr: 0.001 there, 0.01"):
+        runs.folder_record(str(tmp_path), runs.finished_seeds(str(tmp_path)))
