@@ -25,12 +25,12 @@ COLORS = {
     "negative": "tab:brown", "neutral": "tab:olive", "positive": "tab:cyan",
 }
 GREYS = ["black", "0.45", "0.65", "0.8"]                 # several series that are no category
-TOKEN_COLORS = [COLORS[k] for k in ("text", "audio", "vision", "joint")]   # z_t, z_a, z_v, z_g, in miar.TOKENS order
+TOKEN_COLORS = [COLORS[k] for k in ("text", "audio", "vision", "joint")]   # z_t, z_a, z_v, z_g (miar.TOKENS)
 
 # ----------------------------------------------------------------------------
 # The course's trained model. Trained once, by the first notebook that needs it, into runs/course;
-# afterwards only loaded. Ten epochs keep that first training to a minute or two on a laptop CPU:
-# the model is short-trained, and `load_course_model` says how far it stays from a full run.
+# afterwards only loaded. Ten epochs keep that first training short, so the model is short-trained:
+# `load_course_model` says so, with its own test error and that of the README's full run.
 COURSE_OUT = os.path.join(ROOT, "runs", "course")
 COURSE_RUN = ["--dataset", "synthetic", "--epochs", "10", "--out", os.path.relpath(COURSE_OUT), "--resume"]
 COURSE_SEED = 1111                                      # train.py's first default seed
@@ -108,8 +108,8 @@ def draw_model():
         (10, {"text": "text dropout  (text_drop)\ntraining only\n(b, l_t, d_t)",
               "audio": "with_deviations\nframe | frame − mean\n(b, l_a, 2·d_a)",
               "vision": "with_deviations\nframe | frame − mean\n(b, l_v, 2·d_v)"}, "#f4f4f4", True, {}),
-        (10, {m: "Projection  (project[m])\nLayerNorm → Linear\n+ positions → (b, l, d)" for m in col}, "#f4f4f4", False,
-         {m: (3,) for m in col}),
+        (10, {m: "Projection  (project[m])\nLayerNorm → Linear\n+ positions → (b, l, d)" for m in col},
+         "#f4f4f4", False, {m: (3,) for m in col}),
         (10, {m: f"UnimodalEncoder  (encode[m])\nmasked self-attention\nH_{m[0]}  (b, l_{m[0]}, d)" for m in col},
          "#f4f4f4", False, {}),
     ]
@@ -125,7 +125,8 @@ def draw_model():
         arrow(mid[m], y, mid[m], y - 3)
     y -= 3 + 27
     box(left, y, full, 27, "Interaction: four tokens  (interaction)", face="#efe6f7", badges=(2,), title=True)
-    box(left + 3, y + 16.5, full - 6, 5, "query starts: StatisticsPooling (mean, spread, peak of H_m) → LayerNorm → Linear",
+    box(left + 3, y + 16.5, full - 6, 5,
+        "query starts: StatisticsPooling (mean, spread, peak of H_m) → LayerNorm → Linear",
         face="white", added=True, badges=(3,))
     tokens = ["z_t\nstarts from text\nreads H_a, H_v", "z_a\nstarts from audio\nreads H_t, H_v",
               "z_v\nstarts from vision\nreads H_t, H_a", "z_g\nmean of the 3 starts\nreads H_t, H_a, H_v"]
@@ -139,9 +140,11 @@ def draw_model():
     y_b = y - 4 - bottom_h
     widths = {"align": 32, "objective": full - 64 - 6, "fusion": 32}
     xs = {"align": left, "objective": left + 32 + 3, "fusion": left + full - 32}
-    box(xs["align"], y_b, widths["align"], bottom_h, "Alignment  (align_head)\none Linear + L2 normalisation\n"
+    box(xs["align"], y_b, widths["align"], bottom_h,
+        "Alignment  (align_head)\none Linear + L2 normalisation\n"
         "→ p_t, p_a, p_v  (b, 3, d)\nInfoNCE over t–a, t–v, a–v,\ntemperature τ → L_con", face="#e3f3e3", badges=(3,))
-    box(xs["fusion"], y_b, widths["fusion"], bottom_h, "Fusion  (fusion)\nLayerNorm each token\nα = softmax of a score  (b, 4)\n"
+    box(xs["fusion"], y_b, widths["fusion"], bottom_h,
+        "Fusion  (fusion)\nLayerNorm each token\nα = softmax of a score  (b, 4)\n"
         "α·z side by side  (b, 4d)\nMLP → ŷ  (b,)", face="#fbe3e3", badges=(4, 3))
     box(xs["objective"], y_b, widths["objective"], bottom_h,
         "MIAR.objective\nL = L1(ŷ, y)\n+ λ · L_con\n\nreturns the loss;\nforward returns ŷ, α", face="#fff4d6")
