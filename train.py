@@ -183,28 +183,12 @@ def evaluate(model, dataset, batch_size, device, drop=()):
 # ----------------------------------------------------------------------------
 # The learning algorithm
 
-class History(list):
-    """The epochs so far, a dict each: the loop's own state (the best epoch follows from it), saved and
-    restored like a module's."""
+class Resumable:
+    """A piece of training state without a state_dict of its own (a random generator, the history of
+    the epochs): `value` is the piece, and its state is saved and restored through `get` and `set`."""
 
-    def state_dict(self):
-        return {"epochs": list(self)}
-
-    def load_state_dict(self, state):
-        self[:] = state["epochs"]
-
-
-class Seeded:
-    """A torch.Generator, saved and restored like a module."""
-
-    def __init__(self, generator):
-        self.generator = generator
-
-    def state_dict(self):
-        return {"state": self.generator.get_state()}
-
-    def load_state_dict(self, state):
-        self.generator.set_state(state["state"])
+    def __init__(self, value, get, set):
+        self.value, self.state_dict, self.load_state_dict = value, get, set
 
 
 def training_state(model, settings, seed):
@@ -213,10 +197,11 @@ def training_state(model, settings, seed):
     scheduler) is one entry here, and its use in `fit`; nothing else changes for --resume."""
     # fused: one kernel updates all parameters instead of one small kernel per tensor
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
+    shuffle, history = torch.Generator().manual_seed(seed), []     # the order of the batches; one dict an epoch
     return {"model": model, "optimizer": opt,
-            "shuffle": Seeded(torch.Generator().manual_seed(seed)),     # the order of the batches
-            "torch": Seeded(torch.default_generator),                   # dropout (on the CPU)
-            "history": History()}
+            "shuffle": Resumable(shuffle, shuffle.get_state, shuffle.set_state),
+            "torch": Resumable(None, torch.get_rng_state, torch.set_rng_state),           # dropout (on the CPU)
+            "history": Resumable(history, lambda: list(history), history.extend)}        # the best epoch follows
 
 
 def fit(model, datasets, settings, seed, folder, device="cpu", resume=None):
@@ -237,7 +222,7 @@ def fit(model, datasets, settings, seed, folder, device="cpu", resume=None):
                             f"move it away and the seed starts from the beginning")
         for name, piece in state.items():
             piece.load_state_dict(resume["state"][name])
-    opt, shuffle, history = state["optimizer"], state["shuffle"].generator, state["history"]
+    opt, shuffle, history = state["optimizer"], state["shuffle"].value, state["history"].value
 
     for epoch in tqdm(range(len(history), settings.epochs), desc=f"seed {seed}", initial=len(history),
                       total=settings.epochs, disable=None):
@@ -478,12 +463,9 @@ def main(argv=None):
     except (DataError, ValueError) as e:    # ValueError: a diverged model, a bad config
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Stopped as e:
+    except Stopped as e:       # Ctrl-C and SIGTERM arrive as Stopped (runs.on_signal)
         print(f"\n{e}", file=sys.stderr)
         return e.code
-    except KeyboardInterrupt:
-        print("\ninterrupted before training started; no seed was trained", file=sys.stderr)
-        return 130
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
