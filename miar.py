@@ -3,16 +3,8 @@ miar.py -- MIAR: Modality Interaction and Alignment Representation fusion for
 multimodal sentiment (Zhu & Yu, arXiv 2601.02414), in plain PyTorch + einops.
 
 Only the paper's abstract is public: no code, no full text. This file is the
-project's reconstruction of the abstract's five claims (README, "The method, step
-by step"), read top to bottom in the order data flows:
-
-  claim in the abstract                          where it lives here
-  1. language, audio, vision feature sequences   Projection, UnimodalEncoder (one per modality)
-  2. feature interaction -> four tokens          InteractionToken, Interaction: z_t, z_a, z_v, z_g
-  3. contrastive learning + normalisation        alignment_loss, MIAR.align_head; the LayerNorms of
-                                                 Projection and Fusion (+ data.py's standardisation)
-  4. varying contributions of the modalities     Fusion: per-sample softmax weights, returned
-  5. robust across textual model features        Projection reads any config.text_dim (300/768/1024)
+project's reconstruction of the abstract's claims, read top to bottom in the order
+data flows; the README's "The method, step by step" maps each claim to a class here.
 
 Choices the abstract leaves open, and where to change each:
   * positions: fixed sinusoidal, computed for the actual length    -> sinusoidal_positions
@@ -52,10 +44,8 @@ VARIANCE_EPS = 1e-5                          # keeps the spread's sqrt different
 def option(default, help, choices=None, neutral=False):
     """A config field that is also one of train.py's command-line flags (--d-model, ...), with this
     default and help: a new hyperparameter is one line here, and the CLI and results files follow.
-
-    neutral=True says that the default reproduces the model (or training) without this field, which
-    is how a fork adds an idea: a run record leaves such a field out while it is at its default, so
-    run folders recorded before the field existed still match and take new seeds (runs.run_record)."""
+    neutral=True: the default is the model (or training) without this field, as with a fork's new idea;
+    run records leave it out at its default, so folders recorded before it existed still match."""
     return field(default=default, metadata={"help": help, "choices": choices, "neutral": neutral})
 
 
