@@ -44,18 +44,13 @@ def on_signal(signum, frame):
     raise Stopped("interrupted (Ctrl-C)" if signum == signal.SIGINT else "stopped (SIGTERM)", 128 + signum)
 
 
-def written(path, write, exclusive=False):
-    """write(tmp), then move tmp to path: a reader sees the old file or the new one, never half of one,
-    and a stop midway leaves no temporary. exclusive: FileExistsError if path exists (one writer wins)."""
+def written(path, write):
+    """write(tmp), then rename tmp to path: a reader sees the old file or the new one, never half of
+    one, and a stop midway (Ctrl-C, SIGTERM, a full disk) leaves no temporary behind."""
     tmp = f"{path}.{os.getpid()}.tmp"       # per process: two runs may write into one folder
     try:
         write(tmp)
-        if exclusive:
-            os.link(tmp, path)
-        else:
-            os.replace(tmp, path)
-    except FileExistsError:
-        raise
+        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:      # torch reports a full disk as a RuntimeError
         raise Stopped(f"cannot write {path} ({e}); is the disk full or the folder read-only?", 1) from None
     finally:
@@ -67,7 +62,7 @@ def save_checkpoint(path, **state):
     written(path, lambda tmp: torch.save(state, tmp))
 
 
-def write_json(path, obj, exclusive=False):
+def write_json(path, obj):
     """obj as JSON; undefined metrics (NaN: Corr of a constant prediction, non-0 scores when every
     label is 0) are written as null, with a warning that says where."""
     nans = []
@@ -84,7 +79,7 @@ def write_json(path, obj, exclusive=False):
     def dump(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
-    written(path, dump, exclusive)
+    written(path, dump)
     if nans:
         warn(f"{len(nans)} undefined metric(s) (NaN) written as null to {path}: {', '.join(n[1:] for n in nans)}. "
              f"Corr is undefined for a constant prediction, Acc-2/F1 non-0 when every label is 0")
@@ -207,6 +202,18 @@ def finished_seeds(out):
             if n.startswith("seed_") and n[5:].isdigit() and os.path.isfile(os.path.join(out, n, RESULT))}
 
 
+@contextlib.contextmanager
+def locked(folder, wait=True):
+    """An flock on the folder itself, held for the with-block: the kernel drops it when the process
+    ends, however it ends, and no lock file is left behind."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        yield
+    finally:
+        os.close(fd)
+
+
 def folder_record(out, seeds):
     """The folder's record.json, or for a folder written before record.json existed (or through the
     Python API), the record its finished seeds share; None for a folder without either."""
@@ -226,14 +233,13 @@ def folder_record(out, seeds):
 
 
 def hold_to_record(out, record, checkpoints={}):
-    """Give the folder its record.json if it has none: the record its seeds share, or else `record`;
-    exclusively, so that of two runs starting at once one writes it and the other is held against it.
+    """Give the folder its record.json if it has none: the record its seeds share, or else `record`. Under
+    the folder's lock, so that of two runs starting at once one writes it and the other is held against it.
     Then refuse `record` if it is another, and each {seed: last.pt} to go on from that ran another."""
-    try:
-        write_json(os.path.join(out, RECORD), folder_record(out, finished_seeds(out)) or record, exclusive=True)
-    except FileExistsError:       # the usual case: the folder has its record
-        pass
-    diff = differences(folder_record(out, {}), record)
+    with locked(out):
+        if not os.path.isfile(os.path.join(out, RECORD)):
+            write_json(os.path.join(out, RECORD), folder_record(out, finished_seeds(out)) or record)
+        diff = differences(folder_record(out, {}), record)
     if diff:
         raise DataError(f"{out} holds runs of another configuration or other data ({'; '.join(diff)}); their "
                         f"seeds and these would be averaged. Use the flags and data of that run, or another --out "
@@ -248,18 +254,6 @@ def hold_to_record(out, record, checkpoints={}):
 def metric(seeds, part, key):
     """{seed: that seed's `part` (valid or test) metric `key`}, NaN where undefined (null)."""
     return {s: math.nan if r[part][key] is None else r[part][key] for s, r in seeds.items()}
-
-
-@contextlib.contextmanager
-def locked(folder, wait=True):
-    """An flock on the folder itself, held for the with-block: the kernel drops it when the process
-    ends, however it ends, and no lock file is left behind."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        yield
-    finally:
-        os.close(fd)
 
 
 def summarise(out):

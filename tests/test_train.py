@@ -559,14 +559,13 @@ def test_two_configurations_started_together_cannot_share_a_folder(tmp_path, mon
     assert seeds_in(tmp_path) == ["1"]
 
 
-def test_the_folder_record_is_created_once_and_exclusively(tmp_path):
-    path = str(tmp_path / "record.json")
-    runs.write_json(path, {"model": {"d_model": 16}}, exclusive=True)
-    with pytest.raises(FileExistsError):
-        runs.write_json(path, {"model": {"d_model": 32}}, exclusive=True)
-    assert json.loads(open(path).read()) == {"model": {"d_model": 16}} and os.listdir(tmp_path) == ["record.json"]
+def test_the_folder_record_is_written_once_and_another_record_is_refused(tmp_path):
+    runs.hold_to_record(str(tmp_path), {"model": {"d_model": 16}})
+    runs.hold_to_record(str(tmp_path), {"model": {"d_model": 16}})       # the same record: taken
     with pytest.raises(data.DataError, match=r"model.d_model: 16 there, 32 here.*to start over, delete"):
         runs.hold_to_record(str(tmp_path), {"model": {"d_model": 32}})
+    assert json.loads((tmp_path / "record.json").read_text()) == {"model": {"d_model": 16}}
+    assert os.listdir(tmp_path) == ["record.json"]
 
 
 def test_a_folder_without_record_adopts_the_record_its_seeds_share(tmp_path, capsys):
