@@ -59,11 +59,12 @@ def load_course_model():
 
 # ----------------------------------------------------------------------------
 # Notebook 00's picture of the whole model: boxes, arrows and the abstract's claims as badges.
-CLAIMS = {1: ("three feature sequences: language, audio, vision", "tab:blue"),
-          2: ("feature interaction: four tokens z_t, z_a, z_v, z_g", "tab:purple"),
-          3: ("alignment by contrastive learning; normalisation", "tab:green"),
-          4: ("modalities contribute differently: weights α", "tab:red"),
-          5: ("robust to the text model: any text width d_t", "tab:orange")}
+CLAIM_COLOR = "0.25"        # the claims' badges: numbered, one neutral colour (hues mean modalities)
+CLAIMS = {1: "three feature sequences: language, audio, vision",
+          2: "feature interaction: four tokens z_t, z_a, z_v, z_g",
+          3: "alignment by contrastive learning; normalisation",
+          4: "modalities contribute differently: weights α",
+          5: "robust to the text model: any text width d_t"}
 
 
 def draw_model():
@@ -76,7 +77,7 @@ def draw_model():
     ax.axis("off")
 
     def badge(x, y, n):
-        ax.add_patch(Circle((x, y), 1.4, fc=CLAIMS[n][1], ec="none", zorder=5))
+        ax.add_patch(Circle((x, y), 1.4, fc=CLAIM_COLOR, ec="none", zorder=5))
         ax.text(x, y, str(n), ha="center", va="center", color="white", fontsize=FONT, weight="bold", zorder=6)
 
     def box(x, y, w, h, text="", face="#f4f4f4", added=False, badges=(), title=False):
@@ -156,7 +157,7 @@ def draw_model():
     arrow(xs["fusion"], y_b + bottom_h / 2, xs["objective"] + widths["objective"], y_b + bottom_h / 2)
 
     # legend: the abstract's claims, and the dashed outline
-    items = [(n, text) for n, (text, _) in CLAIMS.items()] + [(None, "dashed outline: added by this project")]
+    items = list(CLAIMS.items()) + [(None, "dashed outline: added by this project")]
     for i, (n, text) in enumerate(items):
         lx, ly = left + 1.5 + 46 * (i % 2), y_b - 4 - 3.2 * (i // 2)
         if n:
