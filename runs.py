@@ -235,20 +235,17 @@ def folder_record(out, seeds):
 def hold_to_record(out, record, checkpoints={}):
     """Give the folder its record.json if it has none: the record its seeds share, or else `record`. Under
     the folder's lock, so that of two runs starting at once one writes it and the other is held against it.
-    Then refuse `record` if it is another, and each {seed: last.pt} to go on from that ran another."""
+    Then refuse `record` if the folder, or a {seed: last.pt} to go on from, ran another."""
     with locked(out):
         if not os.path.isfile(os.path.join(out, RECORD)):
             write_json(os.path.join(out, RECORD), folder_record(out, finished_seeds(out)) or record)
-        diff = differences(folder_record(out, {}), record)
-    if diff:
-        raise DataError(f"{out} holds runs of another configuration or other data ({'; '.join(diff)}); their "
-                        f"seeds and these would be averaged. Use the flags and data of that run, or another --out "
-                        f"(to start over, delete {out})")
-    for seed, ckpt in checkpoints.items():
-        diff = differences(ckpt["record"], record)
+        had = {out: folder_record(out, {}), **{f"{out}/seed_{s}/last.pt": c["record"] for s, c in checkpoints.items()}}
+    for where, other in had.items():
+        diff = differences(other, record)
         if diff:
-            raise DataError(f"{out}/seed_{seed}/last.pt ran another configuration or other data ({'; '.join(diff)}); "
-                            f"move it away, and seed {seed} starts from the beginning")
+            raise DataError(f"{where} ran another configuration or other data ({'; '.join(diff)}); seeds of both "
+                            f"would be averaged. Use the flags and data of that run, or another --out (to start "
+                            f"over, delete {where})")
 
 
 def metric(seeds, part, key):

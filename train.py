@@ -363,8 +363,6 @@ def parse_args(argv):
             p.error(f"{a.option_strings[0]} must be a finite number, got {getattr(args, a.dest)}")
     if not all(0 <= s <= MAX_SEED for s in args.seeds) or len(set(args.seeds)) < len(args.seeds):
         p.error(f"--seeds must be different whole numbers from 0 to {MAX_SEED} (numpy's seed range), got {args.seeds}")
-    if args.eval_only and args.compare:
-        p.error("--eval-only and --compare are separate modes; give one of them")
     for mode, takes in MODES.items():      # a flag that a mode would ignore is refused, never dropped silently
         ignored = [flag for dest, flag in args.given.items() if dest not in (mode, *takes)]
         if getattr(args, mode) and ignored:

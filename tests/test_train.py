@@ -293,7 +293,7 @@ def test_a_new_option_field_is_one_edit():
     (["--seeds", "1111", "1111"], "--seeds must be different whole numbers"),
     (["--lr", "inf"], "--lr must be a finite number, got inf"),
     (["--dropout", "nan"], "--dropout must be a finite number, got nan"),
-    (["--compare", "a", "--eval-only", "b.pt"], "separate modes"),
+    (["--compare", "a", "--eval-only", "b.pt"], "--eval-only would ignore --compare"),
     (["--data-path", "x.pkl", "--unaligned"], "with --data-path the file itself says whether it is aligned"),
     (["--eval-only", "b.pt", "--lr", "0.1", "--seeds", "5"], "--eval-only would ignore --lr, --seeds; leave them out"),
     (["--compare", "a", "--epochs", "3"], "--compare would ignore --epochs; leave them out (it takes only run folders)"),
@@ -367,7 +367,7 @@ def test_a_run_of_another_config_into_the_same_folder_is_refused_before_training
     before = (tmp_path / "results.json").read_text()
     assert main(TINY + ["--epochs", "1", "--seeds", "1112", "--lambda-con", "0", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "holds runs of another configuration or other data (model.lambda_con: 0.1 there, 0.0 here)" in err
+    assert "ran another configuration or other data (model.lambda_con: 0.1 there, 0.0 here)" in err
     assert "to start over, delete" in err
     assert not (tmp_path / "seed_1112").exists() and (tmp_path / "results.json").read_text() == before
     # a finished seed is never replaced: not by another config (case 2), and the same command keeps it
