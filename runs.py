@@ -98,7 +98,7 @@ def load_checkpoint(path, keys=CHECKPOINT_KEYS):
     missing = keys - set(ckpt) if isinstance(ckpt, dict) else keys
     if missing:
         raise DataError(f"{path} is not a {'last.pt' if keys == LAST_KEYS else 'MIAR checkpoint'} written by "
-                        f"this train.py: missing {sorted(missing)}; train it again")
+                        f"this train.py: missing {sorted(missing)}; move it away and train again")
     return ckpt
 
 
