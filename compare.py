@@ -1,10 +1,10 @@
 """
 compare.py -- did the idea help? The field's tables, and run folders compared seed by seed.
 
-Seeds move MOSI-sized results more than most ideas do, so a mean over seeds against another mean says
-little. Two run folders trained on the same seeds are compared *paired*: for each shared seed, the
-difference Δ = fork − base of its MAE; then the mean of Δ, its standard error and on how many seeds the
-fork is better. Valid decides (`DECISION`); test reports. `python train.py --compare BASE FORK ...`.
+Seeds move MOSI-sized results more than most ideas do, so one mean against another says little. Two
+folders are compared *paired* over their shared seeds: Δ = fork − base of each seed's MAE, then the
+mean of Δ, its standard error and on how many seeds the fork is better. Valid decides (`DECISION`),
+test reports: `python train.py --compare BASE FORK ...`.
 """
 import math
 import os

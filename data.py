@@ -14,11 +14,9 @@ boolean *_mask (L,) with True = real frame, label (float) and id (str); anything
 is one DataError naming the file, split and key. Clean-up (README, "Data"): non-finite values become
 0, then each feature is standardised with the *train* split's statistics (`fit_stats`). Each dataset
 carries a `fingerprint` of every value it read. synthetic.py builds a seeded stand-in as the dict a
-pickle holds, and `load_dataset("synthetic")` reads that dict as it reads a file. One command line:
-    python data.py --dataset mosi                 # check your files (train.py's data flags)
-    python data.py --write-synthetic synth.pkl    # the synthetic data as an MMSA-schema pickle
+pickle holds, and `load_dataset("synthetic")` reads that dict as it reads a file. Check your files
+with train.py's data flags: `python train.py --dataset mosi --check-data` prints `summarise`.
 """
-import argparse
 import hashlib
 import json
 import math
@@ -541,29 +539,6 @@ def fingerprint_of(splits):
     return f"{FINGERPRINT_VERSION}:{h.hexdigest()[:16]}"
 
 
-# ----------------------------------------------------------------------------
-# One command line for data checks, with train.py's data flags
-
-# the data flags of train.py and data.py: argparse dests, and the keywords of load_dataset they go to
-DATA_FLAGS = ("dataset", "data_path", "data_dir", "unaligned", "text_features", "synthetic_size", "synthetic_seed")
-
-
-def add_data_flags(parser):
-    """Adds the argument group "data": one flag per name in DATA_FLAGS."""
-    d = parser.add_argument_group("data")
-    d.add_argument("--dataset", choices=["mosi", "mosei", "synthetic"], default="synthetic",
-                   help="named dataset; mosi/mosei read MMSA's layout under --data-dir")
-    d.add_argument("--data-path", help="explicit MMSA or MulT pickle (wins over --dataset; the file decides alignment)")
-    d.add_argument("--data-dir", default="data", help="where mosi/mosei files live (MOSI/Processed/aligned_50.pkl ...)")
-    d.add_argument("--unaligned", action="store_true",
-                   help="use unaligned_50.pkl (audio/vision at their own frame rate)")
-    d.add_argument("--synthetic-size", choices=["mosi", "mosei", "tiny"], default="mosi",
-                   help="split sizes and widths of --dataset synthetic (tiny: for tests and demos)")
-    d.add_argument("--synthetic-seed", type=int, default=0, help="the seed of --dataset synthetic")
-    d.add_argument("--text-features", help="pickle with another text model's 'text' for the same splits (any width)")
-    return d
-
-
 def summarise(datasets):
     """Per split: N, each modality's (length, width) and share of real frames, the labels; the fingerprint."""
     for name, ds in datasets.items():
@@ -572,29 +547,3 @@ def summarise(datasets):
                            for k in MODALITIES)
         print(f"{name:5s} N={len(ds):6d}  {frames}  label mean {t['label'].mean():+.2f} std {t['label'].std():.2f}")
     print(f"fingerprint {ds.fingerprint}")
-
-
-def main(argv=None):
-    """python data.py [data flags]: the summary of the data train.py would load; --write-synthetic PATH:
-    --dataset synthetic as a pickle. Errors: one line, exit code 2."""
-    p = argparse.ArgumentParser(description="Check data as train.py reads it, or write the synthetic data.")
-    add_data_flags(p)
-    p.add_argument("--write-synthetic", metavar="PATH", help="write --dataset synthetic as an MMSA-schema pickle")
-    args = p.parse_args(argv)
-    if args.write_synthetic and (args.dataset != "synthetic" or args.data_path or args.text_features):
-        p.error("--write-synthetic writes --dataset synthetic (--synthetic-size, --synthetic-seed, --unaligned); "
-                "leave out --dataset mosi/mosei, --data-path and --text-features")
-    try:
-        if args.write_synthetic:
-            synthetic.write_pickle(args.write_synthetic, args.synthetic_size, args.unaligned, args.synthetic_seed)
-            print(f"wrote {args.write_synthetic} ({os.path.getsize(args.write_synthetic) / 2**20:.0f} MiB)")
-        else:
-            summarise(load_dataset(**{k: getattr(args, k) for k in DATA_FLAGS}))
-    except (ValueError, OSError) as e:     # DataError is one; synthetic.py raises ValueError and OSError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

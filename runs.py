@@ -8,9 +8,8 @@ runs.py -- run folders and checkpoints: what train.py writes, how it is read bac
                                predictions.csv, three figures, and last of all result.json
 
 Three invariants replace checks after the fact: every file appears whole or not at all (`written`);
-record.json is created once, exclusively, and every run into the folder is held against it; a seed
-is finished exactly when its result.json, its last file, exists.
-"""
+record.json is written once and every run into the folder is held against it; a seed is finished
+exactly when its result.json, its last file, exists."""
 import contextlib
 import csv
 import fcntl

@@ -4,7 +4,7 @@ synthetic.py -- a seeded stand-in for CMU-MOSI / CMU-MOSEI, with real cross-moda
 `make_synthetic` builds the dict that an MMSA pickle holds ({split: {"text", "text_bert", "audio",
 "vision", "audio_lengths", "vision_lengths", "regression_labels", "id", ...}}, see data.py), so
 `data.load_dataset("synthetic")` reads it exactly as it reads a downloaded file, and
-`python data.py --write-synthetic PATH` writes it as one (`write_pickle`). It imports nothing from
+`python train.py --write-synthetic PATH` writes it as one (`write_pickle`). It imports nothing from
 data.py, which imports it.
 """
 import os

@@ -4,13 +4,13 @@ train.py -- train MIAR and evaluate it with the field's metrics.
     python train.py --dataset synthetic                         # no download needed
     python train.py --dataset mosi --seeds 1111 1112 1113 1114 1115
     python train.py --eval-only runs/mosi/seed_1111/best.pt --drop-modality audio
-    python train.py --compare runs/mosi runs/mosi_self          # mean ± std tables, paired by seed
+    python train.py --compare runs/mosi runs/mosi_self          # did it help? paired by seed (compare.py)
+    python train.py --dataset mosi --check-data                 # what the data flags load
 
-Read it top to bottom: TrainConfig (the training settings, beside miar.MIARConfig), the metrics,
-the batches, `fit` (the learning algorithm, on one screen), `report` (test metrics of the best-valid
-checkpoint), then the command line, whose flags are made from the two dataclasses (and data.py's).
-Model selection sees the valid split only; test is touched once, after training. What a run folder
-(--out) holds, and why it is safe to stop and share: runs.py.
+Read it top to bottom: TrainConfig (beside miar.MIARConfig), the metrics, the batches, `fit` (the
+learning algorithm, on one screen), `report` (test metrics of the best-valid checkpoint), then the
+command line, whose model and training flags are made from the two dataclasses. Model selection sees
+the valid split only; test is touched once, after training. Run folders (--out): runs.py.
 """
 import argparse
 import contextlib
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import DATA_FLAGS, DataError, add_data_flags, load_dataset
+import synthetic
+from data import DataError, load_dataset, summarise as summarise_data
 from miar import MIAR, MODALITIES, MIARConfig, count_parameters, option
 from compare import compare_runs, print_table
 from runs import (OUTPUTS, RESULT, RESULTS, Stopped, claim, hold_to_record, load_checkpoint,
@@ -291,7 +292,9 @@ def report(model, datasets, settings, folder, history, device="cpu"):
 # Command line: data flags from data.py, model and training flags from the two dataclasses, run flags
 
 MAX_SEED = 2**32 - 1     # numpy's seed range
-MODES = {"eval_only": (*DATA_FLAGS, "device", "batch_size", "drop_modality"), "compare": ()}   # and what they take
+DATA_FLAGS = ("dataset", "data_path", "data_dir", "unaligned", "text_features", "synthetic_size", "synthetic_seed")
+MODES = {"eval_only": (*DATA_FLAGS, "device", "batch_size", "drop_modality"), "compare": (),   # and what they take
+         "check_data": DATA_FLAGS, "write_synthetic": ("synthetic_size", "synthetic_seed", "unaligned")}
 WIDTHS = {f"{m}_dim" for m in MODALITIES}     # config fields that the data decides: no flags
 
 
@@ -330,22 +333,30 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser():
     p = argparse.ArgumentParser(description="Train and evaluate MIAR on CMU-MOSI / CMU-MOSEI features.",
                                 formatter_class=HelpFormatter)
-    add_data_flags(p)
+    d = p.add_argument_group("data (load_dataset's keywords)")
+    d.add_argument("--dataset", choices=["mosi", "mosei", "synthetic"], default="synthetic",
+                   help="named dataset; mosi/mosei read MMSA's layout under --data-dir")
+    d.add_argument("--data-path", help="explicit MMSA or MulT pickle (wins over --dataset; the file decides alignment)")
+    d.add_argument("--data-dir", default="data", help="where mosi/mosei files live (MOSI/Processed/aligned_50.pkl ...)")
+    d.add_argument("--unaligned", action="store_true", help="use unaligned_50.pkl (audio/vision at their own rate)")
+    d.add_argument("--synthetic-size", choices=["mosi", "mosei", "tiny"], default="mosi",
+                   help="split sizes and widths of --dataset synthetic (tiny: for tests and demos)")
+    d.add_argument("--synthetic-seed", type=int, default=0, help="the seed of --dataset synthetic")
+    d.add_argument("--text-features", help="pickle with another text model's 'text' for the same splits (any width)")
+    d.add_argument("--check-data", action="store_true", help="no training: print what the data flags load, by split")
+    d.add_argument("--write-synthetic", metavar="PATH", help="no training: write --dataset synthetic as an MMSA pickle")
     add_options(p, "training (TrainConfig)", TrainConfig)
     add_options(p, "model (MIARConfig)", MIARConfig)
     r = p.add_argument_group("run")
     r.add_argument("--seeds", type=int, nargs="+", default=[1111], help="one run per seed; the field reports 1111-1115")
-    r.add_argument("--out", help="the run folder; runs/<dataset or data file name> when not given. Finished seeds "
-                   "there are kept and a stopped one goes on from its last.pt")
-    r.add_argument("--resume", action="store_true", help="accepted for old scripts: a run always keeps the "
-                   "finished seeds in --out and goes on from a stopped one's last.pt")
+    r.add_argument("--out", help="run folder, runs/<dataset or file>: keeps finished seeds, goes on with stopped ones")
+    r.add_argument("--resume", action="store_true", help="accepted for old scripts; a run always goes on (--out)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
     r.add_argument("--eval-only", metavar="CKPT", help="evaluate a checkpoint on valid and test, no training; "
                    "on its own data, or on the data that data flags name (same widths)")
     r.add_argument("--drop-modality", nargs="+", choices=MODALITIES, default=[],
                    help="with --eval-only: zero and mask these modalities")
-    r.add_argument("--compare", nargs="+", metavar="DIR", help="no training: finished run folders side by side, "
-                   "and each against the first: what differs, and the paired Δ MAE on valid and test")
+    r.add_argument("--compare", nargs="+", metavar="DIR", help="no training: run folders, each paired with the first")
     return p
 
 
@@ -454,11 +465,16 @@ def main(argv=None):
     try:
         if args.compare:
             compare_runs(args.compare)
+        elif args.check_data:
+            summarise_data(load_dataset(**{k: getattr(args, k) for k in DATA_FLAGS}))
+        elif args.write_synthetic:
+            synthetic.write_pickle(args.write_synthetic, args.synthetic_size, args.unaligned, args.synthetic_seed)
+            print(f"wrote {args.write_synthetic} ({os.path.getsize(args.write_synthetic) / 2**20:.0f} MiB)")
         elif args.eval_only:
             eval_only(args, pick_device(args.device))
         else:
             train_seeds(args, pick_device(args.device), argv)
-    except (DataError, ValueError) as e:    # ValueError: a diverged model, a bad config
+    except (DataError, ValueError, OSError) as e:    # ValueError: a diverged model, a bad config; OSError: a write
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:       # Ctrl-C and SIGTERM arrive as Stopped (runs.on_signal)

@@ -1,5 +1,4 @@
 """data.py: both pickle schemas, masks, clean-up, text swap, the command line, every bad input."""
-import argparse
 import inspect
 import os
 import pickle
@@ -9,6 +8,8 @@ import numpy as np
 import pytest
 
 import data
+import synthetic
+import train
 from data import DataError, load_dataset
 
 SIZES = {"train": 6, "valid": 3, "test": 4}
@@ -310,7 +311,7 @@ def test_pickle_payload_is_refused_by_name_and_never_executed(tmp_path, capsys, 
     (tmp_path / "swap.pkl").write_bytes(pickle.dumps(swap))
     with pytest.raises(DataError, match=rf"refused to load: the pickle asks for '{name}'"):
         load_dataset(data_path=str(path), text_features=str(tmp_path / "swap.pkl"))
-    assert data.main(["--data-path", str(path)]) == (2 if where == "data" else 0)
+    assert train.main(["--check-data", "--data-path", str(path)]) == (2 if where == "data" else 0)
     err = capsys.readouterr().err
     assert "Traceback" not in err and (name in err) == (where == "data")
     assert not marker.exists()
@@ -335,7 +336,7 @@ def test_pickles_of_numpy_1_and_2_load_with_every_protocol(tmp_path, protocol, n
 
 def test_written_synthetic_pickle_loads_back_identically(tmp_path):
     out = tmp_path / "s.pkl"
-    assert data.main(["--write-synthetic", str(out), "--synthetic-size", "tiny", "--unaligned"]) == 0
+    assert train.main(["--write-synthetic", str(out), "--synthetic-size", "tiny", "--unaligned"]) == 0
     raw = pickle.loads(out.read_bytes())
     assert "text_bert" in raw["train"] and "sarcastic" not in raw["train"]
     from_file = load_dataset(data_path=str(out), verbose=False)["valid"]
@@ -345,14 +346,14 @@ def test_written_synthetic_pickle_loads_back_identically(tmp_path):
 
 
 def test_cli_prints_clear_error_instead_of_traceback(tmp_path, capsys):
-    assert data.main(["--dataset", "mosi", "--data-dir", str(tmp_path)]) == 2
+    assert train.main(["--check-data", "--dataset", "mosi", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no MOSI features found") and "Traceback" not in err
 
 
 @pytest.mark.parametrize("where, message", [("missing/s.pkl", "No such file or directory"), (".", "Is a directory")])
 def test_write_synthetic_into_a_bad_place_says_so(tmp_path, capsys, where, message):
-    assert data.main(["--write-synthetic", str(tmp_path / where), "--synthetic-size", "tiny"]) == 2
+    assert train.main(["--write-synthetic", str(tmp_path / where), "--synthetic-size", "tiny"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write") and message in err and "expected a file path" in err
     assert not list(tmp_path.parent.glob(f"{tmp_path.name}*.tmp")) and not list(tmp_path.rglob("*.tmp"))
@@ -517,7 +518,7 @@ def test_bad_values_name_file_split_and_key_in_load_and_summary(tmp_path, capsys
     path.write_bytes(pickle.dumps(raw))
     with pytest.raises(DataError, match=rf"{re.escape(str(path))} {message}"):
         load_dataset(data_path=str(path))
-    assert data.main(["--data-path", str(path)]) == 2
+    assert train.main(["--check-data", "--data-path", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and re.search(message, err)
 
@@ -585,7 +586,7 @@ def test_modality_padded_to_length_zero_is_refused(tmp_path, capsys, key, shape)
     path.write_bytes(pickle.dumps(raw))
     with pytest.raises(DataError, match=rf"\[train\]: '{key}' has shape {re.escape(str(shape))}: no frame or no"):
         load_dataset(data_path=str(path))
-    assert data.main(["--data-path", str(path)]) == 2 and "real nan" not in capsys.readouterr().out
+    assert train.main(["--check-data", "--data-path", str(path)]) == 2 and "real nan" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("as_text", [lambda y: y.astype(str), lambda y: [str(v) for v in y],
@@ -636,13 +637,14 @@ def test_fingerprint_covers_every_value_in_any_memory_layout(tmp_path):
 # The command line: train.py's data flags, written files whole or not at all
 
 def test_data_flags_are_load_dataset_keywords_with_one_flag_each():
-    group = data.add_data_flags(argparse.ArgumentParser())
-    assert sorted(a.dest for a in group._group_actions) == sorted(data.DATA_FLAGS)
-    assert set(data.DATA_FLAGS) <= set(inspect.signature(load_dataset).parameters)
+    group = next(g for g in train.build_parser()._action_groups if g.title.startswith("data"))
+    dests = {a.dest for a in group._group_actions}
+    assert dests == set(train.DATA_FLAGS) | {"check_data", "write_synthetic"}
+    assert set(train.DATA_FLAGS) <= set(inspect.signature(load_dataset).parameters)
 
 
 def test_cli_summarises_the_data_train_py_flags_name(capsys):
-    assert data.main(["--synthetic-size", "tiny", "--synthetic-seed", "3", "--unaligned"]) == 0
+    assert train.main(["--check-data", "--synthetic-size", "tiny", "--synthetic-seed", "3", "--unaligned"]) == 0
     out = capsys.readouterr().out
     assert "train N=    96" in out and "audio (75, 5)" in out
     same = load_dataset(synthetic_size="tiny", synthetic_seed=3, unaligned=True, verbose=False)["test"]
@@ -652,25 +654,25 @@ def test_cli_summarises_the_data_train_py_flags_name(capsys):
 @pytest.mark.parametrize("flags", [["--dataset", "mosi"], ["--data-path", "x.pkl"], ["--text-features", "t.pkl"]])
 def test_write_synthetic_refuses_other_data(tmp_path, capsys, flags):
     with pytest.raises(SystemExit) as e:
-        data.main(["--write-synthetic", str(tmp_path / "s.pkl"), *flags])
-    assert e.value.code == 2 and "--write-synthetic writes --dataset synthetic" in capsys.readouterr().err
+        train.main(["--write-synthetic", str(tmp_path / "s.pkl"), *flags])
+    assert e.value.code == 2 and "--write-synthetic would ignore" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
 def test_write_synthetic_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path, capsys, monkeypatch):
     path = tmp_path / "s.pkl"
-    assert data.main(["--write-synthetic", str(path), "--synthetic-size", "tiny"]) == 0
+    assert train.main(["--write-synthetic", str(path), "--synthetic-size", "tiny"]) == 0
     good = path.read_bytes()
 
     def disk_full(obj, f, protocol):
         f.write(b"half a pickle")
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(data.synthetic.pickle, "dump", disk_full)
-    assert data.main(["--write-synthetic", str(path), "--synthetic-size", "tiny", "--synthetic-seed", "1"]) == 2
+    monkeypatch.setattr(synthetic.pickle, "dump", disk_full)
+    assert train.main(["--write-synthetic", str(path), "--synthetic-size", "tiny", "--synthetic-seed", "1"]) == 2
     assert capsys.readouterr().err.startswith(f"error: cannot write {path} (No space left on device)")
     assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["s.pkl"]
 
 
 def test_negative_synthetic_seed_is_one_error_line(capsys):
-    assert data.main(["--synthetic-size", "tiny", "--synthetic-seed", "-1"]) == 2
+    assert train.main(["--check-data", "--synthetic-size", "tiny", "--synthetic-seed", "-1"]) == 2
     assert capsys.readouterr().err == "error: synthetic seed -1 is negative; numpy's generators take seeds from 0 up\n"

@@ -315,7 +315,7 @@ def test_eval_only_on_other_data_uses_the_checkpoint_statistics_and_refuses_trai
     out, _ = trained
     ckpt = str(out / "seed_1111" / "best.pt")
     other = tmp_path / "other.pkl"                     # the same widths, other utterances
-    assert data.main(["--write-synthetic", str(other), "--synthetic-size", "tiny", "--synthetic-seed", "5"]) == 0
+    assert main(["--write-synthetic", str(other), "--synthetic-size", "tiny", "--synthetic-seed", "5"]) == 0
     capsys.readouterr()
     own = train.eval_only(train.parse_args(["--eval-only", ckpt]), "cpu")["test"]
     cross = train.eval_only(train.parse_args(["--eval-only", ckpt, "--data-path", str(other)]), "cpu")["test"]
@@ -336,7 +336,7 @@ def test_bad_checkpoint_and_missing_cuda_are_reported(tmp_path, capsys):
 
 def test_checkpoint_stores_an_absolute_data_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert data.main(["--write-synthetic", "s.pkl", "--synthetic-size", "tiny"]) == 0
+    assert main(["--write-synthetic", "s.pkl", "--synthetic-size", "tiny"]) == 0
     assert main(["--data-path", "s.pkl", "--d-model", "16", "--epochs", "1", "--out", "run"]) == 0
     ckpt = runs.load_checkpoint("run/seed_1111/best.pt")
     assert ckpt["record"]["data"]["data_path"] == str(tmp_path / "s.pkl")
@@ -381,9 +381,9 @@ def test_a_run_of_another_config_into_the_same_folder_is_refused_before_training
 def test_data_rewritten_at_the_same_path_is_not_merged_or_resumed(tmp_path, capsys):
     path, out = tmp_path / "d.pkl", str(tmp_path / "run")
     flags = ["--data-path", str(path), "--d-model", "16", "--epochs", "1", "--out", out]
-    assert data.main(["--write-synthetic", str(path), "--synthetic-size", "tiny", "--synthetic-seed", "0"]) == 0
+    assert main(["--write-synthetic", str(path), "--synthetic-size", "tiny", "--synthetic-seed", "0"]) == 0
     assert main(flags) == 0
-    assert data.main(["--write-synthetic", str(path), "--synthetic-size", "tiny", "--synthetic-seed", "7"]) == 0   # other data, same path
+    assert main(["--write-synthetic", str(path), "--synthetic-size", "tiny", "--synthetic-seed", "7"]) == 0   # other data, same path
     capsys.readouterr()
     assert main(flags + ["--seeds", "1112"]) == 2
     assert "data.fingerprint:" in capsys.readouterr().err and not (tmp_path / "run" / "seed_1112").exists()
