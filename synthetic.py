@@ -7,7 +7,6 @@ synthetic.py -- a seeded stand-in for CMU-MOSI / CMU-MOSEI, with real cross-moda
 `python train.py --write-synthetic PATH` writes it as one (`write_pickle`). It imports nothing from
 data.py, which imports it.
 """
-import os
 import pickle
 
 import numpy as np
@@ -133,20 +132,9 @@ def make_synthetic(size="mosi", unaligned=False, seed=0):
 
 
 def write_pickle(path, size="mosi", unaligned=False, seed=0):
-    """make_synthetic's dict as an MMSA-schema pickle (without 'sarcastic'), whole or not at all: written
-    to a temporary file beside `path`, then renamed onto it, so that a full disk never leaves a truncated
-    file where a good one was. A failure removes the temporary and raises OSError, saying what to do."""
+    """make_synthetic's dict as an MMSA-schema pickle at `path`, without the hidden 'sarcastic' flag."""
     raw = make_synthetic(size, unaligned, seed)
     for split in raw.values():
         split.pop("sarcastic")
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump(raw, f, protocol=4)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(f"cannot write {path} ({e.strerror}); expected a file path in an existing, writable "
-                      f"folder with free space") from None
-    finally:
-        if os.path.exists(tmp):     # only after a failure: the rename leaves nothing behind
-            os.remove(tmp)
+    with open(path, "wb") as f:
+        pickle.dump(raw, f, protocol=4)

@@ -32,7 +32,7 @@ from miar import MIAR, MODALITIES, MIARConfig, count_parameters, option
 from compare import compare_runs, print_table
 from runs import (OUTPUTS, RESULT, RESULTS, Stopped, claim, hold_to_record, load_checkpoint,
                   model_and_data, on_signal, plot_run, prepare_out, run_record, save_checkpoint, stats_to_tensors,
-                  stopped_message, summarise, write_json, write_predictions)
+                  stopped_message, summarise, write_json, write_predictions, written)
 
 
 @dataclass
@@ -468,13 +468,14 @@ def main(argv=None):
         elif args.check_data:
             summarise_data(load_dataset(**{k: getattr(args, k) for k in DATA_FLAGS}))
         elif args.write_synthetic:
-            synthetic.write_pickle(args.write_synthetic, args.synthetic_size, args.unaligned, args.synthetic_seed)
+            written(args.write_synthetic, lambda tmp: synthetic.write_pickle(tmp, args.synthetic_size, args.unaligned,
+                                                                             args.synthetic_seed))   # whole or not at all
             print(f"wrote {args.write_synthetic} ({os.path.getsize(args.write_synthetic) / 2**20:.0f} MiB)")
         elif args.eval_only:
             eval_only(args, pick_device(args.device))
         else:
             train_seeds(args, pick_device(args.device), argv)
-    except (DataError, ValueError, OSError) as e:    # ValueError: a diverged model, a bad config; OSError: a write
+    except (DataError, ValueError) as e:    # ValueError: a diverged model, a bad config
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:       # Ctrl-C and SIGTERM arrive as Stopped (runs.on_signal)
