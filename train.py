@@ -468,8 +468,8 @@ def main(argv=None):
         elif args.check_data:
             summarise_data(load_dataset(**{k: getattr(args, k) for k in DATA_FLAGS}))
         elif args.write_synthetic:
-            written(args.write_synthetic, lambda tmp: synthetic.write_pickle(tmp, args.synthetic_size, args.unaligned,
-                                                                             args.synthetic_seed))   # whole or not at all
+            spec = (args.synthetic_size, args.unaligned, args.synthetic_seed)
+            written(args.write_synthetic, lambda tmp: synthetic.write_pickle(tmp, *spec))    # whole or not at all
             print(f"wrote {args.write_synthetic} ({os.path.getsize(args.write_synthetic) / 2**20:.0f} MiB)")
         elif args.eval_only:
             eval_only(args, pick_device(args.device))
