@@ -27,9 +27,9 @@ import torch
 from tqdm import tqdm
 
 import synthetic
+from compare import compare_runs, print_table
 from data import DataError, load_dataset, summarise as summarise_data
 from miar import MIAR, MODALITIES, MIARConfig, count_parameters, option
-from compare import compare_runs, print_table
 from runs import (OUTPUTS, RESULT, RESULTS, Stopped, claim, hold_to_record, load_checkpoint,
                   model_and_data, on_signal, plot_run, prepare_out, run_record, save_checkpoint, stats_to_tensors,
                   stopped_message, summarise, write_json, write_predictions, written)
