@@ -289,7 +289,7 @@ def report(model, datasets, settings, folder, history, device="cpu"):
 
 
 # ----------------------------------------------------------------------------
-# Command line: data flags from data.py, model and training flags from the two dataclasses, run flags
+# Command line: data flags (load_dataset's keywords), model and training flags from the two dataclasses, run flags
 
 MAX_SEED = 2**32 - 1     # numpy's seed range
 DATA_FLAGS = ("dataset", "data_path", "data_dir", "unaligned", "text_features", "synthetic_size", "synthetic_seed")

@@ -1,4 +1,4 @@
-"""data.py: both pickle schemas, masks, clean-up, text swap, the command line, every bad input."""
+"""data.py: both pickle schemas, masks, clean-up, text swap, the data checks of train.py's command line, every bad input."""
 import inspect
 import os
 import pickle
@@ -634,7 +634,7 @@ def test_fingerprint_covers_every_value_in_any_memory_layout(tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# The command line: train.py's data flags, written files whole or not at all
+# The data checks of train.py's command line (--check-data, --write-synthetic): written files whole or not at all
 
 def test_data_flags_are_load_dataset_keywords_with_one_flag_each():
     group = next(g for g in train.build_parser()._action_groups if g.title.startswith("data"))
